@@ -1,0 +1,73 @@
+# The course's two commands (see README.md):
+#   make lab    set up .venv if needed, then open JupyterLab on notebooks/
+#   make test   set up .venv if needed, then unit tests and nbval on every notebook
+# Everything else here is a building block of those two.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+KERNEL_NAME := fhe-gpt2-course
+KERNEL_DISPLAY := FHE GPT-2 course (Python 3)
+# Extra arguments for JupyterLab, e.g. make lab LAB_ARGS="--no-browser --port 8899"
+LAB_ARGS ?=
+STAMP := $(VENV)/.installed
+
+# The first Python 3.10-3.12 found (3.11 preferred: the version the course is tested on).
+PYTHON ?= $(shell for p in python3.11 python3.12 python3.10 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 12))' 2>/dev/null \
+	&& { echo $$p; break; }; done)
+
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: lab test setup kernel unit nbval lint train-model clean
+
+# JupyterLab refuses to run as root unless told (containers, CI): say so only there.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/ $(ROOT_FLAG) $(LAB_ARGS)
+
+test: setup unit nbval
+
+# The venv is rebuilt when it is missing or its Python no longer runs (a moved or deleted interpreter),
+# and reinstalled only when requirements.txt or pyproject.toml changed since the last install.
+setup:
+	@if [ -x "$(PY)" ] && ! "$(PY)" -c 'import sys' >/dev/null 2>&1; then \
+		echo "$(VENV) is stale (its Python does not run): recreating it"; rm -rf "$(VENV)"; fi
+	@$(MAKE) --no-print-directory $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@if [ -z "$(PYTHON)" ]; then \
+		echo "error: the course needs Python 3.10, 3.11 or 3.12 (concrete-ml 1.9.0 has no wheels for other versions);"; \
+		echo "       none was found on PATH. Install Python 3.11 and run again, or pass PYTHON=/path/to/python3.11."; \
+		exit 1; fi
+	@[ -x "$(PY)" ] || { echo "creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"; $(PYTHON) -m venv "$(VENV)"; }
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "$(KERNEL_DISPLAY)" >/dev/null
+	@touch $(STAMP)
+	@echo "$(VENV) is ready (kernel '$(KERNEL_DISPLAY)')"
+
+kernel: setup
+
+unit: setup
+	$(VENV)/bin/pytest -q tests
+
+# nbval re-runs every notebook in the course's environment and compares with the committed outputs.
+# pytest exits with 5 when it collects nothing (no notebook has code cells yet): that is not a failure.
+nbval: setup
+	@status=0; $(VENV)/bin/pytest -q -p no:randomly --nbval --nbval-current-env \
+		--nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks/ || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "nbval: no notebook cells to check yet"; exit 0; fi; exit $$status
+
+lint: setup
+	$(VENV)/bin/ruff check course_lib tests scripts notebooks
+
+# Re-train the bundled model (needs: apt-get install dict-foldoc dict-jargon dict-devil).
+train-model: setup
+	$(PY) scripts/train_course_model.py
+
+clean:
+	rm -rf $(VENV)

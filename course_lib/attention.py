@@ -1,0 +1,169 @@
+"""One GPT-2 attention head on integers, written once on DualArray.
+
+The same :meth:`QuantizedHead.__call__` runs in every mode of the course: with
+floats only to calibrate, with NumPy integers for the clear quantized model
+(notebook 02), and with concrete tracers when notebook 03 compiles it to FHE.
+
+GPT-2's attention, for one head ``h`` of dimension ``d`` and a sequence of ``T``
+tokens whose (layer-normed) inputs are ``x`` of shape ``(T, n_embd)``::
+
+    q, k, v = x @ W_qkv[h] + b_qkv[h]                 # (T, d) each: head h's slice of c_attn
+    scores  = q @ k.T / sqrt(d)                       # (T, T)
+    scores  = causal_mask(scores)                     # token t sees tokens 0..t only
+    probs   = softmax(scores)                         # (T, T), each row sums to 1
+    out     = probs @ v                               # (T, d): head h's slice of c_proj's input
+
+In integers, each arrow below is one quantizer of the head (``n_bits`` each);
+``(L)`` marks a table lookup, a programmable bootstrap (PBS) per element in FHE::
+
+    x -> [x] -> linear -> (L) q, k, v -> q @ k.T -> (L) scores -> mask, - row max
+      -> (L) exp -> mask -> row sum -> (L) 1/sum -> exp * 1/sum -> (L) probs
+      -> probs @ v -> (L) out
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .dual_array import DualArray, QuantizedWeights
+from .quantization import Quantizer, check_float_data, check_n_bits
+
+#: The quantizers of one head, in the order the data meets them.
+HEAD_QUANTIZERS: tuple[str, ...] = ("input", "q", "k", "v", "scores", "exp", "inverse_sum", "probs", "output")
+
+
+@dataclass(frozen=True)
+class HeadWeights:
+    """The float weights one head reads from its layer (plain NumPy, no torch).
+
+    Attributes:
+        w_qkv: ``(n_embd, 3 * head_dim)``: the columns of c_attn that make this head's q, k and v.
+        b_qkv: ``(3 * head_dim,)``: the matching biases.
+        score_scale: the factor applied to ``q @ k.T`` (``1 / sqrt(head_dim)`` in GPT-2).
+    """
+
+    w_qkv: np.ndarray
+    b_qkv: np.ndarray
+    score_scale: float
+
+    def __post_init__(self) -> None:
+        if self.w_qkv.ndim != 2 or self.w_qkv.shape[1] % 3:
+            raise ValueError(f"w_qkv must have shape (n_embd, 3 * head_dim), got {self.w_qkv.shape}")
+        if self.b_qkv.shape != (self.w_qkv.shape[1],):
+            raise ValueError(f"b_qkv must have shape ({self.w_qkv.shape[1]},), got {self.b_qkv.shape}")
+
+    @property
+    def n_embd(self) -> int:
+        return self.w_qkv.shape[0]
+
+    @property
+    def head_dim(self) -> int:
+        return self.w_qkv.shape[1] // 3
+
+
+def causal_keep(length: int) -> np.ndarray:
+    """``keep[i, j]`` is True when token ``i`` may attend to token ``j`` (``j <= i``)."""
+    return np.tril(np.ones((length, length), dtype=bool))
+
+
+def float_head(x: np.ndarray, weights: HeadWeights) -> np.ndarray:
+    """The head in plain float NumPy: the reference the quantized head is compared with."""
+    qkv = x @ weights.w_qkv + weights.b_qkv
+    q, k, v = np.split(qkv, 3, axis=-1)
+    scores = (q @ k.T) * weights.score_scale
+    scores = np.where(causal_keep(len(x)), scores, -np.inf)
+    scores = scores - scores.max(axis=-1, keepdims=True)
+    e = np.exp(scores)
+    return (e / e.sum(axis=-1, keepdims=True)) @ v
+
+
+class QuantizedHead:
+    """One attention head on integers: calibrate on prompts, freeze, then run in any mode.
+
+    Args:
+        weights: the head's float weights (see :func:`course_lib.gpt2.head_weights`).
+        n_bits: bits of every activation quantizer (2 to 16).
+        n_bits_weights: bits of the clear weights (default: ``max(n_bits, 8)``; weights
+            are not encrypted, so their bits cost nothing in PBS but set the accumulators' size).
+
+    Attributes:
+        quantizers: one :class:`Quantizer` per step, named as in :data:`HEAD_QUANTIZERS`.
+    """
+
+    def __init__(self, weights: HeadWeights, n_bits: int, n_bits_weights: int | None = None) -> None:
+        self.weights = weights
+        self.n_bits = check_n_bits(n_bits)
+        self.n_bits_weights = check_n_bits(n_bits_weights if n_bits_weights is not None else max(n_bits, 8))
+        self.w_qkv = QuantizedWeights.from_float(weights.w_qkv, self.n_bits_weights)
+        self.quantizers: dict[str, Quantizer] = {name: Quantizer(self.n_bits, name=name) for name in HEAD_QUANTIZERS}
+
+    # -- phases ----------------------------------------------------------------------------------
+    @property
+    def is_calibrated(self) -> bool:
+        return all(q.is_frozen for q in self.quantizers.values())
+
+    def calibrate(self, inputs: Iterable[np.ndarray]) -> None:
+        """Observe the head's float values on each input ``(T, n_embd)``, then freeze every quantizer."""
+        if self.is_calibrated:
+            raise RuntimeError("this head is already calibrated; make a new QuantizedHead to calibrate again")
+        count = 0
+        for x in inputs:
+            self(DualArray.calibration(self._check_input(x), self.quantizers["input"]))
+            count += 1
+        if count == 0:
+            raise ValueError("calibrate needs at least one input, got none")
+        for quantizer in self.quantizers.values():
+            quantizer.freeze()
+
+    def _check_input(self, x: np.ndarray) -> np.ndarray:
+        x = check_float_data(x, "the head's input")
+        if x.ndim != 2 or x.shape[1] != self.weights.n_embd:
+            raise ValueError(f"the head's input must have shape (T, {self.weights.n_embd}), got {x.shape}")
+        return x
+
+    # -- the computation, once -------------------------------------------------------------------
+    def __call__(self, x: DualArray, record: list[tuple[str, DualArray]] | None = None) -> DualArray:
+        """The head on a DualArray ``(T, n_embd)``: the clear, calibration and FHE code path alike.
+
+        If ``record`` is a list, each intermediate DualArray is appended to it as ``(name, value)``.
+        """
+
+        def keep_step(name: str, value: DualArray) -> DualArray:
+            if record is not None:
+                record.append((name, value))
+            return value
+
+        qz = self.quantizers
+        d = self.weights.head_dim
+        keep = causal_keep(x.shape[0])
+        keep_step("input", x)
+        qkv = keep_step("qkv accumulator", x.linear(self.w_qkv, self.weights.b_qkv))  # (T, 3d)
+        q = keep_step("q", qkv[:, :d].requantize(qz["q"]))  # (T, d)
+        k = keep_step("k", qkv[:, d : 2 * d].requantize(qz["k"]))
+        v = keep_step("v", qkv[:, 2 * d :].requantize(qz["v"]))
+        raw = keep_step("q @ k.T accumulator", (q @ k.transpose()) * self.weights.score_scale)  # (T, T)
+        scores = keep_step("scores", raw.requantize(qz["scores"]).lowest_where_not(keep))
+        shifted = keep_step("scores - row max", scores - scores.max(axis=-1, keepdims=True))  # <= 0
+        e = keep_step("exp", shifted.exp(qz["exp"]).zero_where_not(keep))
+        total = keep_step("row sum", e.sum(axis=-1, keepdims=True))  # (T, 1)
+        inverse_sum = keep_step("1 / row sum", total.reciprocal(qz["inverse_sum"]))
+        probs = keep_step("probs", (e * inverse_sum).requantize(qz["probs"]))  # (T, T)
+        mixed = keep_step("probs @ v accumulator", probs @ v)  # (T, d)
+        return keep_step("output", mixed.requantize(qz["output"]))
+
+    def quantize_input(self, x: np.ndarray) -> DualArray:
+        """The head's input as a DualArray under the frozen input quantizer."""
+        return DualArray.quantize(self._check_input(x), self.quantizers["input"])
+
+    def run(self, x: np.ndarray) -> DualArray:
+        """Quantize ``x`` and run the head in dual mode (floats and integers side by side)."""
+        return self(self.quantize_input(x))
+
+    def steps(self, x: np.ndarray) -> list[tuple[str, DualArray]]:
+        """Run in dual mode and return every intermediate DualArray, named, in order."""
+        record: list[tuple[str, DualArray]] = []
+        self(self.quantize_input(x), record=record)
+        return record

@@ -1,0 +1,477 @@
+"""DualArray: a float array and its integer representation, side by side.
+
+A quantized computation is written once, on DualArrays. Each operation does two
+things at the same time:
+
+- on the **float side**, the ordinary computation (the reference);
+- on the **integer side**, the integer-only version an FHE circuit can run,
+  together with the scale and zero point that say what the integers mean:
+  ``real ~ scale * (int - zero_point)``.
+
+So after every step ``x.error()`` shows how far the integers have drifted from
+the floats. The integer side may be a NumPy array (clear quantized computation)
+or a concrete-python tracer: the very same code is what ``fhe.compiler``
+compiles in notebook 03, because every integer operation used here
+(subtraction of a constant, matmul, sum, max, :func:`concrete.fhe.univariate`
+table lookups, :func:`concrete.fhe.round_bit_pattern`) works on both.
+
+A DualArray is in one of three modes:
+
+============  ===========  =============  =============================================
+mode          float side   integer side   used for
+============  ===========  =============  =============================================
+calibration   yes          none           running calibration data: every lookup's
+                                          output quantizer *observes* its float values
+dual          yes          yes            clear quantized inference, errors visible
+integer       none         yes            FHE tracing (the circuit has no floats)
+============  ===========  =============  =============================================
+
+What costs what in FHE (see notebook 03): additions, subtractions, multiplication
+by clear integers, sums, reshapes and slices are cheap (no bootstrapping).
+Table lookups (:meth:`DualArray.apply`, :meth:`DualArray.requantize`), products of
+two encrypted arrays and max each cost programmable bootstraps (PBS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from concrete import fhe
+
+from .quantization import Quantizer, QuantParams, check_float_data, check_n_bits, compute_params
+
+FloatFn = Callable[[np.ndarray], np.ndarray]
+
+
+class ShapeMismatchError(ValueError):
+    """Two operands' shapes do not fit the operation."""
+
+
+class ModeError(ValueError):
+    """An operation got DualArrays in incompatible modes (e.g. calibration with integer)."""
+
+
+@dataclass(frozen=True)
+class QuantizedWeights:
+    """A clear (unencrypted) weight matrix, quantized symmetrically once.
+
+    Attributes:
+        float: the float weights.
+        int: their integers, ``float ~ params.scale * int``.
+        params: the symmetric quantization parameters.
+    """
+
+    float: np.ndarray
+    int: np.ndarray
+    params: QuantParams
+
+    @classmethod
+    def from_float(cls, weights: object, n_bits: int) -> QuantizedWeights:
+        """Quantize ``weights`` symmetrically to ``n_bits`` signed integers."""
+        w = check_float_data(weights, "weights")
+        params = compute_params(float(w.min()), float(w.max()), check_n_bits(n_bits), symmetric=True)
+        return cls(float=w, int=params.quantize(w), params=params)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.float.shape
+
+
+def _lookup_table_fn(fn: FloatFn, in_scale: float, in_zero_point: int, out: QuantParams) -> Callable[[Any], Any]:
+    """The integer function a table lookup computes: dequantize, apply ``fn``, quantize.
+
+    It is evaluated on NumPy arrays: directly in the clear, and by concrete on
+    every possible input integer to fill the lookup table of the circuit.
+    """
+
+    def table(q: np.ndarray) -> np.ndarray:
+        real = fn(in_scale * (np.asarray(q, dtype=np.float64) - in_zero_point))
+        # fn may be undefined or infinite on integers the data never reach (1/0, say):
+        # those table entries saturate instead of poisoning the table.
+        real = np.nan_to_num(np.asarray(real, dtype=np.float64), nan=0.0, posinf=1e300, neginf=-1e300)
+        q_out = np.rint(real / out.scale + out.zero_point)
+        return np.clip(q_out, out.qmin, out.qmax).astype(np.int64)
+
+    return table
+
+
+class DualArray:
+    """A float array and its integer representation, carried through the same operations.
+
+    Build one with :meth:`quantize` (from floats, with a calibrated quantizer),
+    :meth:`calibration` (floats only, to calibrate) or :meth:`from_int`
+    (integers only, e.g. an encrypted input while tracing).
+    """
+
+    __slots__ = ("float", "int", "scale", "zero_point", "params", "calibrating")
+
+    def __init__(
+        self,
+        float_: np.ndarray | None,
+        int_: Any | None,
+        *,
+        scale: float | None,
+        zero_point: int = 0,
+        params: QuantParams | None = None,
+        calibrating: bool = False,
+    ) -> None:
+        if float_ is None and int_ is None:
+            raise ModeError("a DualArray needs a float side, an integer side, or both")
+        if int_ is not None and (scale is None or not scale > 0):
+            raise ValueError(f"an integer side needs a scale > 0, got {scale!r}")
+        if calibrating and int_ is not None:
+            raise ModeError("a calibration DualArray carries floats only")
+        self.float = float_
+        self.int = int_
+        self.scale = scale
+        self.zero_point = zero_point
+        self.params = params  # set when the integers come straight out of a quantizer
+        self.calibrating = calibrating
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def quantize(cls, values: object, quantizer: Quantizer) -> DualArray:
+        """Floats and their integers under ``quantizer``'s frozen parameters."""
+        x = check_float_data(values, "the array to quantize")
+        params = quantizer.params
+        return cls(x, params.quantize(x), scale=params.scale, zero_point=params.zero_point, params=params)
+
+    @classmethod
+    def calibration(cls, values: object, quantizer: Quantizer | None = None) -> DualArray:
+        """Floats only, in calibration mode; ``quantizer`` (the input's) observes them if given."""
+        x = check_float_data(values, "calibration data")
+        if quantizer is not None:
+            quantizer.observe(x)
+        return cls(x, None, scale=None, calibrating=True)
+
+    @classmethod
+    def from_int(cls, q: Any, params: QuantParams) -> DualArray:
+        """Integers only (a NumPy array, a tracer or encrypted input) with their parameters."""
+        return cls(None, q, scale=params.scale, zero_point=params.zero_point, params=params)
+
+    # ------------------------------------------------------------------ inspection
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple((self.float if self.float is not None else self.int).shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def mode(self) -> str:
+        """'calibration', 'dual' or 'integer'."""
+        if self.calibrating:
+            return "calibration"
+        return "dual" if self.float is not None and self.int is not None else "integer"
+
+    def dequantize(self) -> np.ndarray:
+        """The reals the integer side stands for (NumPy integers only)."""
+        if self.int is None:
+            raise ModeError("this DualArray has no integer side (it is a calibration array)")
+        return self.scale * (np.asarray(self.int, dtype=np.float64) - self.zero_point)
+
+    def error(self) -> float:
+        """Largest absolute difference between the dequantized integers and the floats."""
+        if self.float is None or self.int is None:
+            raise ModeError(f"error() needs both sides; this DualArray is in {self.mode} mode")
+        return float(np.max(np.abs(self.dequantize() - self.float)))
+
+    def int_range(self) -> tuple[int, int]:
+        """Smallest and largest integer on the integer side (NumPy integers only)."""
+        if self.int is None or not isinstance(self.int, np.ndarray):
+            raise ModeError("int_range() needs a NumPy integer side")
+        return int(self.int.min()), int(self.int.max())
+
+    def bit_width(self) -> int:
+        """Bits an FHE circuit needs for these integers (a sign bit included when negative)."""
+        low, high = self.int_range()
+        if low < 0:  # signed: n bits hold -2**(n-1) .. 2**(n-1) - 1
+            return max(high, -low - 1).bit_length() + 1
+        return max(1, high.bit_length())
+
+    def __repr__(self) -> str:
+        parts = [f"DualArray(shape={self.shape}, mode={self.mode}"]
+        if self.int is not None:
+            parts.append(f"scale={self.scale:.4g}, zero_point={self.zero_point}")
+            if isinstance(self.int, np.ndarray):
+                low, high = self.int_range()
+                parts.append(f"ints {low}..{high} ({self.bit_width()} bits)")
+                if self.float is not None:
+                    parts.append(f"max error {self.error():.3g}")
+        return ", ".join(parts) + ")"
+
+    # ------------------------------------------------------------------ helpers
+    def _centered(self) -> Any:
+        """The integers with the zero point removed (so that real = scale * result)."""
+        return self.int - self.zero_point if self.zero_point != 0 else self.int
+
+    def _new(
+        self,
+        float_: Any,
+        int_: Any,
+        *,
+        scale: float | None = None,
+        zero_point: int | None = None,
+        params: QuantParams | None = None,
+    ) -> DualArray:
+        """A result in the same mode as self."""
+        return DualArray(
+            float_ if self.float is not None else None,
+            int_ if self.int is not None else None,
+            scale=self.scale if scale is None else scale,
+            zero_point=self.zero_point if zero_point is None else zero_point,
+            params=params,
+            calibrating=self.calibrating,
+        )
+
+    def _check_same_mode(self, other: DualArray, op: str) -> None:
+        if not isinstance(other, DualArray):
+            raise TypeError(f"{op}: expected a DualArray, got {type(other).__name__}")
+        if other.mode != self.mode:
+            raise ModeError(f"{op}: cannot combine a DualArray in {self.mode} mode with one in {other.mode} mode")
+
+    # ------------------------------------------------------------------ linear algebra
+    def linear(self, weights: QuantizedWeights, bias: object | None = None) -> DualArray:
+        """``self @ W + b`` with clear weights: no bootstrapping, the result is an accumulator.
+
+        The integers are ``(q - zero_point) @ W_int + round(b / scale_out)`` with
+        ``scale_out = scale * W_scale`` and zero point 0.
+        """
+        if self.shape[-1] != weights.shape[0]:
+            raise ShapeMismatchError(
+                f"linear: input has {self.shape[-1]} features (shape {self.shape}) but the weights expect "
+                f"{weights.shape[0]} (shape {weights.shape}); the last input axis must equal the weights' first"
+            )
+        b = None if bias is None else check_float_data(bias, "bias")
+        if b is not None and b.shape != (weights.shape[1],):
+            raise ShapeMismatchError(f"linear: bias must have shape ({weights.shape[1]},), got {b.shape}")
+        float_out = int_out = None
+        scale = None
+        if self.float is not None:
+            float_out = self.float @ weights.float + (0.0 if b is None else b)
+        if self.int is not None:
+            scale = self.scale * weights.params.scale
+            int_out = self._centered() @ weights.int
+            if b is not None:
+                int_out = int_out + np.rint(b / scale).astype(np.int64)
+        return self._new(float_out, int_out, scale=scale, zero_point=0)
+
+    def __matmul__(self, other: DualArray) -> DualArray:
+        """Product of two DualArrays (both encrypted in FHE: it costs PBS)."""
+        self._check_same_mode(other, "matmul")
+        if self.shape[-1] != other.shape[-2 if other.ndim > 1 else 0]:
+            raise ShapeMismatchError(
+                f"matmul: shapes {self.shape} and {other.shape} do not fit: the last axis of the first "
+                "must equal the second-to-last axis of the second"
+            )
+        float_out = None if self.float is None else self.float @ other.float
+        int_out = None if self.int is None else self._centered() @ other._centered()
+        scale = None if self.int is None else self.scale * other.scale
+        return self._new(float_out, int_out, scale=scale, zero_point=0)
+
+    def __mul__(self, other: DualArray | float | int) -> DualArray:
+        """Elementwise product; by a real constant it only changes the scale (free in FHE)."""
+        if not isinstance(other, DualArray):
+            c = float(other)
+            if c <= 0 or not np.isfinite(c):
+                raise ValueError(f"multiply by a finite positive constant (it scales the scale), got {other!r}")
+            return self._new(
+                None if self.float is None else self.float * c,
+                self.int,
+                scale=None if self.int is None else self.scale * c,
+                params=None,
+            )
+        self._check_same_mode(other, "multiply")
+        _check_broadcast(self.shape, other.shape, "multiply")
+        float_out = None if self.float is None else self.float * other.float
+        int_out = None if self.int is None else self._centered() * other._centered()
+        scale = None if self.int is None else self.scale * other.scale
+        return self._new(float_out, int_out, scale=scale, zero_point=0)
+
+    def _add(self, other: DualArray, sign: int) -> DualArray:
+        op = "add" if sign > 0 else "subtract"
+        self._check_same_mode(other, op)
+        _check_broadcast(self.shape, other.shape, op)
+        float_out = None if self.float is None else self.float + sign * other.float
+        int_out = None
+        if self.int is not None:
+            theirs = other._centered()
+            if not np.isclose(other.scale, self.scale, rtol=1e-12, atol=0):
+                # Re-quantize the other operand onto our scale: one table lookup.
+                ratio = other.scale / self.scale
+                theirs = fhe.univariate(lambda q: np.rint(q * ratio).astype(np.int64))(theirs)
+            int_out = self._centered() + theirs if sign > 0 else self._centered() - theirs
+        return self._new(float_out, int_out, zero_point=0)
+
+    def __add__(self, other: DualArray) -> DualArray:
+        """Sum; operands on different scales are brought onto the first one's scale by a lookup."""
+        return self._add(other, +1)
+
+    def __sub__(self, other: DualArray) -> DualArray:
+        """Difference; operands on different scales are brought onto the first one's scale by a lookup."""
+        return self._add(other, -1)
+
+    # ------------------------------------------------------------------ layout (free in FHE)
+    def _layout(self, fn: Callable[[Any], Any]) -> DualArray:
+        return self._new(
+            None if self.float is None else fn(self.float),
+            None if self.int is None else fn(self.int),
+            params=self.params,
+        )
+
+    def transpose(self, axes: Sequence[int] | None = None) -> DualArray:
+        """Permute the axes (reverse them by default), as ``np.transpose``."""
+        if axes is None:
+            axes = tuple(reversed(range(self.ndim)))  # concrete's transpose wants explicit axes
+        if sorted(axes) != list(range(self.ndim)):
+            raise ShapeMismatchError(f"transpose: axes {tuple(axes)} are not a permutation of 0..{self.ndim - 1}")
+        return self._layout(lambda a: np.transpose(a, tuple(axes)))
+
+    def reshape(self, *shape: int) -> DualArray:
+        """Same values, new shape (one dimension may be -1)."""
+        new_shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], tuple | list) else shape
+        try:
+            np.empty(self.shape, dtype=np.int8).reshape(new_shape)
+        except ValueError:
+            raise ShapeMismatchError(
+                f"reshape: cannot reshape an array of shape {self.shape} into {new_shape}"
+            ) from None
+        return self._layout(lambda a: a.reshape(new_shape))
+
+    def __getitem__(self, index: Any) -> DualArray:
+        """Slicing and indexing, as NumPy's."""
+        try:
+            np.empty(self.shape, dtype=np.int8)[index]
+        except IndexError as error:
+            raise ShapeMismatchError(f"index {index!r} does not fit shape {self.shape}: {error}") from None
+        return self._layout(lambda a: a[index])
+
+    def split(self, sections: int, axis: int = -1) -> list[DualArray]:
+        """Split into ``sections`` equal parts along ``axis`` (e.g. q, k, v out of c_attn)."""
+        size = self.shape[axis]
+        if sections < 1 or size % sections:
+            raise ShapeMismatchError(f"split: axis {axis} of length {size} cannot be split into {sections} equal parts")
+        step = size // sections
+        axis = axis % self.ndim
+        return [self[(slice(None),) * axis + (slice(i * step, (i + 1) * step),)] for i in range(sections)]
+
+    def expand_dims(self, axis: int) -> DualArray:
+        """Insert an axis of length 1 at ``axis``."""
+        if not -self.ndim - 1 <= axis <= self.ndim:
+            raise ShapeMismatchError(f"expand_dims: axis {axis} is out of range for {self.ndim} dimensions")
+        return self._layout(lambda a: np.expand_dims(a, axis))
+
+    # ------------------------------------------------------------------ masks (clear 0/1 arrays, free in FHE)
+    def _check_keep(self, keep: object, op: str) -> np.ndarray:
+        keep = np.asarray(keep)
+        if keep.dtype != bool:
+            raise ValueError(f"{op}: the mask must be a boolean array (True = keep), got dtype {keep.dtype}")
+        _check_broadcast(self.shape, keep.shape, op)
+        return keep
+
+    def zero_where_not(self, keep: object) -> DualArray:
+        """Real value 0 wherever ``keep`` is False (a clear mask: multiplications by 0 or 1)."""
+        keep = self._check_keep(keep, "zero_where_not")
+        return self._new(
+            None if self.float is None else self.float * keep,
+            None if self.int is None else self._centered() * keep.astype(np.int64),
+            zero_point=0,
+        )
+
+    def lowest_where_not(self, keep: object) -> DualArray:
+        """The lowest integer of the representation wherever ``keep`` is False.
+
+        For a causal mask before a max: masked entries can never be the maximum.
+        The float side takes the real value of that integer, so the float
+        reference stays a valid (shift-invariant) softmax input.
+        """
+        keep = self._check_keep(keep, "lowest_where_not")
+        if self.int is not None and self.params is None:
+            raise ValueError("lowest_where_not needs integers fresh from a quantizer (requantize first)")
+        float_out = int_out = None
+        if self.int is not None:
+            low = self.params.qmin
+            int_out = (self.int - low) * keep.astype(np.int64) + low
+        if self.float is not None:
+            fill = self.params.real_range[0] if self.params is not None else np.min(self.float)
+            float_out = np.where(keep, self.float, fill)
+        return self._new(float_out, int_out, params=self.params)
+
+    # ------------------------------------------------------------------ reductions
+    def _check_axis(self, axis: int | None, op: str) -> None:
+        if axis is not None and not -self.ndim <= axis < self.ndim:
+            raise ShapeMismatchError(f"{op}: axis {axis} is out of range for shape {self.shape}")
+
+    def sum(self, axis: int | None = None, keepdims: bool = False) -> DualArray:
+        """Sum along ``axis`` (no bootstrapping; the integers grow by log2(length) bits)."""
+        self._check_axis(axis, "sum")
+        return self._new(
+            None if self.float is None else np.sum(self.float, axis=axis, keepdims=keepdims),
+            None if self.int is None else np.sum(self._centered(), axis=axis, keepdims=keepdims),
+            zero_point=0,
+        )
+
+    def max(self, axis: int | None = None, keepdims: bool = False) -> DualArray:
+        """Maximum along ``axis``; the scale is positive, so the integers' max is the reals' max."""
+        self._check_axis(axis, "max")
+        return self._new(
+            None if self.float is None else np.max(self.float, axis=axis, keepdims=keepdims),
+            None if self.int is None else np.max(self.int, axis=axis, keepdims=keepdims),
+            params=self.params,
+        )
+
+    # ------------------------------------------------------------------ table lookups (PBS)
+    def apply(self, fn: FloatFn, quantizer: Quantizer, *, round_lsbs: int = 0) -> DualArray:
+        """Any univariate function as one table lookup, its output quantized by ``quantizer``.
+
+        Args:
+            fn: a vectorised float function (``np.exp``, ``lambda x: 1 / x``, ...).
+            quantizer: the output's quantizer. In calibration mode it observes
+                ``fn(float side)``; otherwise it must be frozen.
+            round_lsbs: drop this many low bits of the input integers first
+                (``fhe.round_bit_pattern``), so the lookup table is smaller and cheaper.
+        """
+        float_out = None if self.float is None else fn(self.float)
+        if self.calibrating:
+            quantizer.observe(float_out)
+            return self._new(float_out, None)
+        out = quantizer.params  # raises NotCalibratedError if never calibrated
+        q = self.int
+        if round_lsbs:
+            if not isinstance(round_lsbs, int) or round_lsbs < 0:
+                raise ValueError(f"round_lsbs must be a non-negative integer, got {round_lsbs!r}")
+            q = fhe.round_bit_pattern(q, lsbs_to_remove=round_lsbs)
+        int_out = fhe.univariate(_lookup_table_fn(fn, self.scale, self.zero_point, out))(q)
+        return self._new(float_out, int_out, scale=out.scale, zero_point=out.zero_point, params=out)
+
+    def requantize(self, quantizer: Quantizer, *, round_lsbs: int = 0) -> DualArray:
+        """Bring the integers to ``quantizer``'s parameters (one lookup): shrinks an accumulator."""
+        return self.apply(_identity, quantizer, round_lsbs=round_lsbs)
+
+    def exp(self, quantizer: Quantizer, *, round_lsbs: int = 0) -> DualArray:
+        """``exp`` as a table lookup."""
+        return self.apply(np.exp, quantizer, round_lsbs=round_lsbs)
+
+    def reciprocal(self, quantizer: Quantizer, *, round_lsbs: int = 0) -> DualArray:
+        """``1 / x`` as a table lookup (entries where x = 0 saturate)."""
+        return self.apply(_reciprocal, quantizer, round_lsbs=round_lsbs)
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def _reciprocal(x: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return 1.0 / x
+
+
+def _check_broadcast(a: tuple[int, ...], b: tuple[int, ...], op: str) -> None:
+    try:
+        np.broadcast_shapes(a, b)
+    except ValueError:
+        raise ShapeMismatchError(f"{op}: shapes {a} and {b} cannot be broadcast together") from None

@@ -1,0 +1,130 @@
+"""How well a language model predicts text, and how much a quantized head changes its predictions.
+
+- :func:`perplexity`: the model card's measure of the bundled model.
+- :func:`topk_agreement` and :func:`sweep_topk_agreement`: does the model with a
+  quantized head still predict the float model's next token? At every position of
+  every passage, the float model's top-1 token is looked up among the quantized
+  model's top-k tokens; the agreement at k is the share of positions where it is found.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
+
+
+def encode_passage(tokenizer, text: str, context: int) -> list[int]:
+    """``<|endoftext|>`` then the passage's tokens, cut to ``context`` ids (how passages are scored)."""
+    return [tokenizer.eos_token_id, *tokenizer(text)["input_ids"][: context - 1]]
+
+
+def perplexity(model, tokenizer, passages: Sequence[str]) -> float:
+    """Per-token perplexity of ``model`` on ``passages``.
+
+    Each passage is scored on its own: the model reads ``<|endoftext|>`` and then
+    predicts the passage's tokens one by one, up to the model's context length.
+    The result is ``exp(total negative log-likelihood / number of predicted tokens)``.
+    """
+    import torch
+
+    if not passages:
+        raise ValueError("perplexity needs at least one passage, got none")
+    total_nll, total_tokens = 0.0, 0
+    with torch.no_grad():
+        for text in passages:
+            ids = encode_passage(tokenizer, text, model.config.n_positions)
+            if len(ids) < 2:
+                continue
+            batch = torch.tensor([ids])
+            loss = model(batch, labels=batch).loss.item()  # mean over len(ids) - 1 predictions
+            total_nll += loss * (len(ids) - 1)
+            total_tokens += len(ids) - 1
+    if total_tokens == 0:
+        raise ValueError("perplexity: the passages contain no tokens to predict")
+    return math.exp(total_nll / total_tokens)
+
+
+def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    ks = tuple(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"ks must be positive integers, e.g. (1, 5, 10), got {ks!r}")
+    return ks
+
+
+def _predictions(model, tokenizer, passages: Sequence[str], k: int, desc: str, progress: bool):
+    """Top-``k`` token ids ``(T, k)`` at every position of every passage."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for text in tqdm(passages, desc=desc, disable=not progress, leave=False):
+            ids = torch.tensor([encode_passage(tokenizer, text, model.config.n_positions)])
+            out.append(model(ids).logits[0].topk(k, dim=-1).indices)
+    return out
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Top-k agreement of one quantized setting with the float model.
+
+    Attributes:
+        n_bits: the quantized head's bits.
+        agreement: ``{k: share of positions}`` where the float model's top-1 token is
+            among the quantized model's top-k.
+        n_predictions: positions compared.
+    """
+
+    n_bits: int
+    agreement: dict[int, float]
+    n_predictions: int
+
+
+def topk_agreement(reference_top1, quantized_topk, ks: Sequence[int] = DEFAULT_KS) -> tuple[dict[int, float], int]:
+    """Agreement at each k between per-passage reference top-1 ids and quantized top-k ids."""
+    ks = _check_ks(ks)
+    hits = dict.fromkeys(ks, 0)
+    total = 0
+    for ref, quant in zip(reference_top1, quantized_topk, strict=True):
+        total += len(ref)
+        for k in ks:
+            hits[k] += int((quant[:, :k] == ref[:, None]).any(dim=-1).sum())
+    return {k: hits[k] / total for k in ks}, total
+
+
+def sweep_topk_agreement(
+    model,
+    tokenizer,
+    passages: Sequence[str],
+    calibration_prompts: Sequence[str],
+    n_bits_list: Sequence[int] = tuple(range(2, 11)),
+    *,
+    layer: int = 0,
+    head: int = 0,
+    ks: Sequence[int] = DEFAULT_KS,
+    progress: bool = True,
+) -> list[Agreement]:
+    """Top-k agreement of the model with head ``head`` of layer ``layer`` quantized, for each n_bits.
+
+    For each n_bits a fresh quantized head is calibrated on ``calibration_prompts``
+    and swapped in; the float model's predictions are computed once.
+    """
+    from .gpt2 import SwappedHead
+
+    ks = _check_ks(ks)
+    if not passages:
+        raise ValueError("sweep_topk_agreement needs at least one passage")
+    reference = [top[:, 0] for top in _predictions(model, tokenizer, passages, 1, "float model", progress)]
+    results = []
+    for n_bits in tqdm(n_bits_list, desc="n_bits", disable=not progress):
+        with SwappedHead(model, layer, head, n_bits=n_bits) as swap:
+            swap.calibrate(tokenizer, calibration_prompts)
+            swap.mode = "quantized"
+            quantized = _predictions(model, tokenizer, passages, max(ks), f"{n_bits} bits", progress)
+        agreement, total = topk_agreement(reference, quantized, ks)
+        results.append(Agreement(n_bits=n_bits, agreement=agreement, n_predictions=total))
+    return results

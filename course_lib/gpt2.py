@@ -1,0 +1,188 @@
+"""Put a quantized head inside Hugging Face's GPT2LMHeadModel.
+
+GPT-2's attention concatenates its heads' outputs and multiplies them by
+``c_proj``; head ``h`` is the slice ``[h * d, (h + 1) * d)`` of ``c_proj``'s input.
+:class:`SwappedHead` replaces exactly that slice with the output of a
+:class:`~course_lib.attention.QuantizedHead`, through two forward hooks and no
+change to transformers' code:
+
+- a pre-hook on ``transformer.h[layer].attn`` keeps the attention's input
+  ``x`` (the output of ``ln_1``), which the quantized head reads;
+- a pre-hook on ``transformer.h[layer].attn.c_proj`` overwrites head ``h``'s slice.
+
+Every other head, and everything else in the model, stays in float. The same
+works on the bundled ``course-gpt2`` and on OpenAI's ``gpt2``.
+
+Modes of the swapped head: ``"float"`` (the model untouched) and ``"quantized"``
+(clear integers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .attention import HeadWeights, QuantizedHead
+from .evaluation import encode_passage
+from .quantization import check_n_bits
+
+MODES: tuple[str, ...] = ("float", "quantized")
+
+
+def check_layer_head(model, layer: int, head: int) -> None:
+    """Raise a ValueError naming the allowed ranges if ``layer`` or ``head`` does not exist."""
+    n_layer, n_head = model.config.n_layer, model.config.n_head
+    for name, value, count in (("layer", layer, n_layer), ("head", head, n_head)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 0 <= value < count:
+            raise ValueError(f"{name} must be an integer from 0 to {count - 1} (this model has {count}), got {value!r}")
+
+
+def head_weights(model, layer: int = 0, head: int = 0) -> HeadWeights:
+    """Head ``head`` of layer ``layer``: its columns of ``c_attn`` and its score scale, as NumPy."""
+    check_layer_head(model, layer, head)
+    config = model.config
+    d = config.n_embd // config.n_head
+    attn = model.transformer.h[layer].attn
+    w = attn.c_attn.weight.detach().double().numpy()  # Conv1D: (n_embd, 3 * n_embd), q | k | v
+    b = attn.c_attn.bias.detach().double().numpy()
+    columns = np.concatenate(
+        [np.arange(part * config.n_embd + head * d, part * config.n_embd + (head + 1) * d) for part in range(3)]
+    )
+    scale = 1.0
+    if config.scale_attn_weights:
+        scale /= np.sqrt(d)
+    if config.scale_attn_by_inverse_layer_idx:
+        scale /= layer + 1
+    return HeadWeights(w_qkv=w[:, columns], b_qkv=b[columns], score_scale=float(scale))
+
+
+def encode_prompt(tokenizer, prompt: str, max_length: int) -> torch.Tensor:
+    """Token ids ``(1, T)`` of a prompt, refusing empty prompts and prompts longer than the context."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"the prompt must be a non-empty string, got {prompt!r}")
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    if ids.shape[1] > max_length:
+        raise ValueError(
+            f"the prompt is {ids.shape[1]} tokens long, more than the model's context of {max_length} tokens"
+        )
+    return ids
+
+
+class SwappedHead:
+    """Head ``head`` of layer ``layer`` of a GPT-2, replaced by a quantized head.
+
+    >>> swap = SwappedHead(model, layer=0, head=0, n_bits=4)
+    >>> swap.calibrate(tokenizer, load_calibration_prompts())   # then frozen
+    >>> swap.mode = "quantized"
+    >>> model.generate(...)                                      # runs the quantized head
+    >>> swap.remove()                                            # the model as it was
+
+    While attached, the model's KV cache is turned off: the quantized head reads
+    the whole sequence at every step (``generate`` is for a batch of one).
+    Also usable as a context manager (``with SwappedHead(...) as swap:``).
+    """
+
+    def __init__(self, model, layer: int = 0, head: int = 0, n_bits: int = 4, n_bits_weights: int | None = None):
+        check_layer_head(model, layer, head)
+        self.model = model
+        self.layer, self.head_index = int(layer), int(head)
+        self.n_bits = check_n_bits(n_bits)
+        self.head = QuantizedHead(head_weights(model, layer, head), self.n_bits, n_bits_weights)
+        self._mode = "float"
+        self._x: torch.Tensor | None = None  # the attention input of the current forward pass
+        self._captured: list[np.ndarray] | None = None
+        attn = model.transformer.h[layer].attn
+        self._saved_use_cache = (model.config.use_cache, model.generation_config.use_cache)
+        model.config.use_cache = False
+        model.generation_config.use_cache = False
+        self._handles = [
+            attn.register_forward_pre_hook(self._keep_input, with_kwargs=True),
+            attn.c_proj.register_forward_pre_hook(self._replace_slice),
+        ]
+
+    # -- mode ------------------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        """ "float" (the original head) or "quantized" (clear integers)."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}, got {mode!r}")
+        if mode != "float" and not self.head.is_calibrated:
+            raise RuntimeError(f"calibrate the head before using mode {mode!r}: swap.calibrate(tokenizer, prompts)")
+        self._mode = mode
+
+    # -- hooks -----------------------------------------------------------------------------------
+    def _keep_input(self, module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if self._mode == "float" and self._captured is None:
+            return None
+        if hidden.shape[0] != 1:
+            raise ValueError(f"a swapped head runs on a batch of one sequence, got a batch of {hidden.shape[0]}")
+        cache = kwargs.get("past_key_values")
+        if cache is not None and cache.get_seq_length() > 0:
+            raise RuntimeError("the KV cache must be off while a head is swapped: call generate(..., use_cache=False)")
+        self._x = hidden
+        if self._captured is not None:
+            self._captured.append(hidden[0].detach().double().numpy())
+        return None
+
+    def _replace_slice(self, module, args):
+        if self._mode == "float" or self._x is None:
+            return None
+        merged = args[0]  # (1, T, n_embd): every head's output side by side
+        x, self._x = self._x, None
+        out = self.head.run(x[0].detach().double().numpy()).dequantize()  # (T, d)
+        d = self.head.weights.head_dim
+        merged = merged.clone()
+        merged[0, :, self.head_index * d : (self.head_index + 1) * d] = torch.from_numpy(out).to(merged.dtype)
+        return (merged, *args[1:])
+
+    # -- calibration and inputs ----------------------------------------------------------------
+    def attention_inputs(self, tokenizer, texts: Iterable[str]) -> list[np.ndarray]:
+        """The layer's attention inputs ``(T, n_embd)`` for each text, read by the float model.
+
+        Texts are encoded as the evaluation encodes passages: ``<|endoftext|>`` first,
+        cut to the model's context.
+        """
+        context = self.model.config.n_positions
+        saved, self._mode, self._captured = self._mode, "float", []
+        try:
+            with torch.no_grad():
+                for text in texts:
+                    if not isinstance(text, str) or not text.strip():
+                        raise ValueError(f"calibration texts must be non-empty strings, got {text!r}")
+                    self.model(torch.tensor([encode_passage(tokenizer, text, context)]))
+            return self._captured
+        finally:
+            self._mode, self._captured = saved, None
+
+    def calibrate(self, tokenizer, prompts: Sequence[str]) -> None:
+        """Calibrate the quantized head on the attention inputs of ``prompts``, then freeze it."""
+        if isinstance(prompts, str) or len(prompts) == 0:
+            raise ValueError("calibrate needs a non-empty list of prompts")
+        self.head.calibrate(self.attention_inputs(tokenizer, prompts))
+
+    # -- lifetime --------------------------------------------------------------------------------
+    def remove(self) -> None:
+        """Detach the hooks and restore the model's cache settings."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.model.config.use_cache, self.model.generation_config.use_cache = self._saved_use_cache
+
+    def __enter__(self) -> SwappedHead:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "calibrated" if self.head.is_calibrated else "not calibrated"
+        return (
+            f"SwappedHead(layer={self.layer}, head={self.head_index}, n_bits={self.n_bits}, {state}, mode={self.mode})"
+        )

@@ -1,0 +1,339 @@
+"""The course's figures, one function each, returning a matplotlib :class:`~matplotlib.figure.Figure`.
+
+The figures are built with :class:`matplotlib.figure.Figure`, not ``pyplot``: nothing
+is drawn behind the caller's back, and a notebook shows a figure exactly once, by
+displaying the returned object (make it a cell's last expression, or ``display(fig)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from .error_analysis import MatmulError, RoundTripError
+from .quantization import QuantParams
+
+# ---------------------------------------------------------------------- notebook 01: quantization
+
+
+def _draw_error_vs_bits(ax: Axes, results: Sequence[RoundTripError], highlight: int | None = None) -> None:
+    bits = [r.n_bits for r in results]
+    ax.semilogy(bits, [r.max_error for r in results], "o-", color="C3", label="largest error")
+    ax.semilogy(bits, [r.bound for r in results], "k--", label="bound: scale / 2")
+    ax.semilogy(bits, [r.rms_error for r in results], "s-", color="C0", label="rms error")
+    if highlight is not None:
+        ax.axvline(highlight, color="0.6", linewidth=6, alpha=0.35, zorder=0, label=f"n_bits = {highlight}")
+    ax.set_xticks(bits)
+    ax.set_xlabel("n_bits")
+    ax.set_ylabel("|dequantize(quantize(x)) - x|")
+    ax.set_title("Round-trip error: each bit halves it")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+
+
+def plot_rounding_error_vs_bits(results: Sequence[RoundTripError], *, highlight: int | None = None) -> Figure:
+    """Round-trip error (largest and rms) against n_bits, with the bound ``scale / 2``.
+
+    Args:
+        results: from :func:`course_lib.error_analysis.round_trip_errors`.
+        highlight: an n_bits to mark with a vertical band.
+    """
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    _draw_error_vs_bits(fig.add_subplot(), results, highlight)
+    return fig
+
+
+def plot_round_trip(x: np.ndarray, params: QuantParams, results: Sequence[RoundTripError]) -> Figure:
+    """Two panels: the quantization staircase of ``params`` over the range of ``x``, and the error against n_bits.
+
+    Args:
+        x: the data (its range is drawn, and its values as a rug).
+        params: the quantization to draw as a staircase.
+        results: round-trip errors of ``x`` per n_bits (the right panel), ``params.n_bits`` highlighted.
+    """
+    x = np.asarray(x, dtype=np.float64).ravel()
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    grid = np.linspace(x.min(), x.max(), 2001)
+    left.plot(grid, grid, color="0.6", linewidth=1, label="float (identity)")
+    left.plot(grid, params.dequantize(params.quantize(grid)), color="C3", label="dequantize(quantize(x))")
+    left.plot(x, np.full_like(x, x.min()), "|", color="C0", alpha=0.15, markersize=10, label="the data")
+    left.set_xlabel("x")
+    left.set_ylabel("value after the round trip")
+    left.set_title(f"{params.n_bits} bits: {2**params.n_bits} levels, step {params.scale:.3g}")
+    left.grid(True, alpha=0.3)
+    left.legend(loc="upper left")
+    _draw_error_vs_bits(right, results, highlight=params.n_bits)
+    return fig
+
+
+def plot_matmul_error_vs_inner_dim(result: MatmulError) -> Figure:
+    """Error of an integer matmul against its inner dimension K (log-log): measured, typical, worst case.
+
+    Args:
+        result: from :func:`course_lib.error_analysis.measure_matmul_error`.
+    """
+    k = result.inner_dims
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.loglog(k, result.bound, "k--", label="worst-case bound (grows like K)")
+    ax.loglog(k, result.max_error, "o-", color="C3", label="largest measured error")
+    ax.loglog(k, result.typical, ":", color="C0", linewidth=2, label="typical estimate (grows like sqrt(K))")
+    ax.loglog(k, result.rms_error, "s-", color="C0", label="rms measured error")
+    ax.loglog(k, result.output_rms, "-", color="0.6", label="rms of the outputs x @ w")
+    ax.set_xticks(k, [str(int(v)) for v in k])
+    ax.minorticks_off()
+    ax.set_xlabel("inner dimension K (products summed per output)")
+    ax.set_ylabel("error of one output")
+    ax.set_title(f"x @ w on {result.n_bits_x}-bit x and {result.n_bits_w}-bit w")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def plot_lookup_table(
+    fn: Callable[[np.ndarray], np.ndarray], in_params: QuantParams, out_params: QuantParams, *, name: str = "f"
+) -> Figure:
+    """A table lookup seen twice: as integers (what the circuit stores) and as reals (what it means).
+
+    Args:
+        fn: the float function (vectorised).
+        in_params, out_params: quantization of its input and of its output.
+        name: the function's name, for titles.
+    """
+    q_in = np.arange(in_params.qmin, in_params.qmax + 1)
+    q_out = out_params.quantize(fn(in_params.dequantize(q_in)))
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    left.bar(q_in, q_out - out_params.qmin, bottom=out_params.qmin, color="C2", width=0.8)
+    for a, b in zip(q_in, q_out, strict=True):
+        left.annotate(str(b), (a, b), textcoords="offset points", xytext=(0, 2), ha="center", fontsize="small")
+    left.set_xticks(q_in)
+    left.set_xlabel("input integer")
+    left.set_ylabel("output integer")
+    left.set_title(f"The table: {q_in.size} entries, one per possible input")
+    left.grid(True, axis="y", alpha=0.3)
+    lo, hi = in_params.real_range
+    grid = np.linspace(lo, hi, 400)
+    right.plot(grid, fn(grid), color="0.5", label=f"{name}(x) in floats")
+    right.plot(
+        in_params.dequantize(q_in), out_params.dequantize(q_out), "o", color="C2", label="dequantized table entries"
+    )
+    right.set_xlabel("x (real input)")
+    right.set_ylabel(f"{name}(x)")
+    right.set_title("The same table in reals")
+    right.grid(True, alpha=0.3)
+    right.legend()
+    return fig
+
+
+# ---------------------------------------------------------------------- notebook 02: one head inside GPT-2
+
+
+def plot_head_in_gpt2(n_layer: int, n_head: int, layer: int, head: int, *, head_dim: int | None = None) -> Figure:
+    """Where head ``head`` of layer ``layer`` sits in a GPT-2: the stack of blocks, and that layer's attention.
+
+    Left, the whole model from the token embeddings (bottom) to the next-token logits
+    (top), with block ``layer`` highlighted. Right, that block opened: ``ln_1``, the
+    attention split into its ``n_head`` heads (``head`` highlighted: its slice of
+    ``c_attn``, scores, mask, softmax and weighted values), ``c_proj``, then the MLP.
+
+    Args:
+        n_layer, n_head: the model's numbers of blocks and of heads per block.
+        layer, head: the head to highlight (0-based).
+        head_dim: the dimension of one head, printed when given.
+    """
+    from matplotlib.patches import ConnectionPatch, FancyBboxPatch
+
+    for name, value, count in (("layer", layer, n_layer), ("head", head, n_head)):
+        if count < 1:
+            raise ValueError(f"n_{name} must be at least 1, got {count}")
+        if not 0 <= value < count:
+            raise ValueError(f"{name} must be from 0 to {count - 1}, got {value}")
+    highlight, quiet, edge = "#d62728", "#dde6f0", "#4c6a8a"
+    fig = Figure(figsize=(11, 5.2), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=[1, 2.3])
+
+    def box(ax: Axes, x: float, y: float, w: float, h: float, text: str, face: str, **kw) -> FancyBboxPatch:
+        patch = FancyBboxPatch(
+            (x, y), w, h, boxstyle="round,pad=0.005,rounding_size=0.01", facecolor=face, edgecolor=edge, linewidth=1
+        )
+        ax.add_patch(patch)
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", **kw)
+        return patch
+
+    # -- left: the stack of blocks
+    left.set_xlim(0, 1)
+    left.set_ylim(0, 1)
+    left.axis("off")
+    left.set_title(f"GPT-2: {n_layer} blocks", fontsize="medium")
+    bottom, top = 0.13, 0.86
+    step = (top - bottom) / n_layer
+    box(left, 0.1, 0.02, 0.8, 0.08, "token + position\nembeddings", "#eeeeee", fontsize="small")
+    box(left, 0.1, 0.89, 0.8, 0.08, "ln_f, LM head:\nnext-token logits", "#eeeeee", fontsize="small")
+    for i in range(n_layer):
+        chosen = i == layer
+        y = bottom + i * step + 0.1 * step
+        box(
+            left,
+            0.1,
+            y,
+            0.8,
+            0.8 * step,
+            f"block {i}" + ("  (this one)" if chosen else ""),
+            highlight if chosen else quiet,
+            color="white" if chosen else "black",
+            fontsize="small" if n_layer <= 12 else "x-small",
+            fontweight="bold" if chosen else "normal",
+        )
+    chosen_y = bottom + layer * step + 0.1 * step
+
+    # -- right: the chosen block opened
+    right.set_xlim(0, 1)
+    right.set_ylim(0, 1)
+    right.axis("off")
+    dim = f", {head_dim} dims each" if head_dim else ""
+    right.set_title(
+        f"block {layer}: attention split into {n_head} heads{dim}\n"
+        f"red: head {head}, on integers; every other head stays in float",
+        fontsize="medium",
+    )
+    box(right, 0.05, 0.02, 0.9, 0.07, "input x: the residual stream (T tokens)", "#eeeeee", fontsize="small")
+    box(right, 0.05, 0.12, 0.9, 0.07, "ln_1 (layer norm): the head's input", quiet, fontsize="small")
+    box(right, 0.05, 0.22, 0.9, 0.08, "c_attn: x @ W + b -> q | k | v for every head", quiet, fontsize="small")
+    gap = 0.01
+    width = (0.9 - gap * (n_head - 1)) / n_head
+    for j in range(n_head):
+        chosen = j == head
+        label = f"h{j}" if n_head <= 16 else ""
+        if chosen:
+            label = f"head {j}\n\nq, k, v\nscores\nmask\nsoftmax\nprobs @ v" if width > 0.1 else f"h{j}"
+        box(
+            right,
+            0.05 + j * (width + gap),
+            0.33,
+            width,
+            0.3,
+            label,
+            highlight if chosen else quiet,
+            color="white" if chosen else "black",
+            fontsize="small" if n_head <= 12 else "x-small",
+            fontweight="bold" if chosen else "normal",
+        )
+    box(right, 0.05, 0.66, 0.9, 0.08, "concatenate the heads -> c_proj, + residual", quiet, fontsize="small")
+    box(right, 0.05, 0.77, 0.9, 0.08, "ln_2 -> MLP (GELU), + residual", quiet, fontsize="small")
+    box(right, 0.05, 0.88, 0.9, 0.08, "to the next block", "#eeeeee", fontsize="small")
+    for y in (chosen_y, chosen_y + 0.8 * step):
+        fig.add_artist(
+            ConnectionPatch(
+                xyA=(0.9, y),
+                coordsA=left.transData,
+                xyB=(0.05, 0.02 if y == chosen_y else 0.96),
+                coordsB=right.transData,
+                color=highlight,
+                linestyle="--",
+                linewidth=1,
+            )
+        )
+    return fig
+
+
+def plot_topk_agreement(
+    results: Sequence,
+    *,
+    compare: Sequence | None = None,
+    labels: tuple[str, str] = ("", "other"),
+    points: Sequence[tuple[float, float, str]] = (),
+    baseline=None,
+    title: str | None = None,
+) -> Figure:
+    """Top-k agreement with the float model against n_bits, one line per k.
+
+    Args:
+        results: :class:`course_lib.evaluation.Agreement` objects (from ``sweep_topk_agreement``).
+        compare: an optional second set of results (e.g. another head or model), drawn dashed.
+        labels: suffixes for the two sets in the legend (``results``, then ``compare``).
+        points: single published or reference values, ``(n_bits, share, label)``, drawn as stars.
+        baseline: an Agreement drawn as dotted horizontal lines, one per k (e.g. the head removed,
+            from :func:`course_lib.reporting.head_removed_agreement`).
+        title: the figure's title.
+    """
+    if not results:
+        raise ValueError("plot_topk_agreement needs at least one result")
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    sets = [(results, "-", "o", labels[0])]
+    if compare:
+        sets.append((compare, "--", "s", labels[1]))
+    bits: set[int] = set()
+    for series, style, marker, suffix in sets:
+        ks = sorted(series[0].agreement)
+        xs = [r.n_bits for r in series]
+        bits.update(xs)
+        for i, k in enumerate(ks):
+            label = f"top-{k}" + (f" ({suffix})" if suffix else "")
+            ys = [100 * r.agreement[k] for r in series]
+            ax.plot(xs, ys, linestyle=style, marker=marker, color=f"C{i}", label=label)
+    if baseline is not None:
+        ks = sorted(results[0].agreement)
+        for i, k in enumerate(ks):
+            if k in baseline.agreement:
+                share = 100 * baseline.agreement[k]
+                ax.axhline(share, linestyle=":", linewidth=1.5, color=f"C{i}", label=f"top-{k}, head removed")
+    for x, share, label in points:
+        ax.plot([x], [100 * share], "*", color="black", markersize=13, label=label, zorder=5)
+    ax.set_xticks(sorted(bits))
+    ax.set_xlabel("n_bits of the quantized head")
+    ax.set_ylabel("agreement with the float model (%)")
+    ax.set_title(title or "Does the model still predict the float model's next token?")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
+    return fig
+
+
+def plot_attention_heatmaps(
+    float_probs: np.ndarray,
+    quantized_probs: np.ndarray,
+    tokens: Sequence[str] | None = None,
+    *,
+    n_bits: int | None = None,
+) -> Figure:
+    """Attention probabilities side by side: float, dequantized integers, and their difference.
+
+    Args:
+        float_probs: ``(T, T)`` float attention probabilities (row t: how token t spreads its attention).
+        quantized_probs: the same from the quantized head, dequantized.
+        tokens: the ``T`` tokens, for the axis labels.
+        n_bits: the quantized head's bits, for the title.
+    """
+    a = np.asarray(float_probs, dtype=np.float64)
+    b = np.asarray(quantized_probs, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape != b.shape:
+        raise ValueError(f"expected two square arrays of the same shape (T, T), got {a.shape} and {b.shape}")
+    if tokens is not None and len(tokens) != a.shape[0]:
+        raise ValueError(f"{len(tokens)} tokens for a {a.shape[0]}x{a.shape[0]} attention matrix")
+    size = max(3.2, 0.32 * a.shape[0] + 1.5)
+    fig = Figure(figsize=(3 * size + 1, size + 0.4), layout="constrained")
+    axes = fig.subplots(1, 3)
+    diff = b - a
+    limit = float(np.max(np.abs(diff))) or 1.0
+    quantized = f"{n_bits}-bit head, dequantized" if n_bits else "quantized head, dequantized"
+    panels = [
+        (a, "float head", "viridis", 0.0, 1.0),
+        (b, quantized, "viridis", 0.0, 1.0),
+        (diff, f"difference (largest {limit:.3f})", "RdBu_r", -limit, limit),
+    ]
+    for ax, (data, title, cmap, vmin, vmax) in zip(axes, panels, strict=True):
+        image = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax)
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel("attends to token")
+        if tokens is not None:
+            labels = [repr(t)[1:-1] for t in tokens]
+            ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize="x-small")
+            ax.set_yticks(range(len(labels)), labels, fontsize="x-small")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    axes[0].set_ylabel("token")
+    return fig

@@ -1,0 +1,201 @@
+"""course_lib.dual_array: each operation's integers, its errors, and the same code traced by concrete."""
+
+import numpy as np
+import pytest
+from concrete import fhe
+
+from course_lib.dual_array import DualArray, ModeError, QuantizedWeights, ShapeMismatchError
+from course_lib.quantization import FrozenQuantizerError, NotCalibratedError, Quantizer
+
+RNG = np.random.default_rng(0)
+
+
+def calibrated(data, n_bits=8, **kwargs) -> Quantizer:
+    q = Quantizer(n_bits, **kwargs)
+    q.calibrate(data)
+    return q
+
+
+def test_quantize_keeps_both_sides():
+    x = RNG.normal(size=(3, 4))
+    q = calibrated(x, 6)
+    d = DualArray.quantize(x, q)
+    assert d.mode == "dual" and d.shape == (3, 4)
+    np.testing.assert_array_equal(d.int, q.quantize(x))
+    assert d.error() <= q.params.scale / 2 + 1e-12
+    assert "max error" in repr(d) and "6 bits" in repr(d)
+
+
+def test_linear_integers_by_hand():
+    x = np.array([[1.0, -2.0]])
+    qx = calibrated([-2.0, 1.0], 2)  # scale 1, zero point 2
+    w = QuantizedWeights.from_float([[1.0, 0.5], [-1.0, 1.0]], 3)  # scale 1/3: ints [[3, 2], [-3, 3]]
+    assert w.int.tolist() == [[3, 2], [-3, 3]]
+    out = DualArray.quantize(x, qx).linear(w, bias=[1.0, 0.0])
+    # (q - zp) = [1, -2]  ->  [1*3 + -2*-3, 1*2 + -2*3] = [9, -4];  bias 1 / (1 * 1/3) = 3
+    assert out.int.tolist() == [[12, -4]]
+    assert out.scale == pytest.approx(1 / 3) and out.zero_point == 0
+    np.testing.assert_allclose(out.float, [[4.0, -1.5]])
+    np.testing.assert_allclose(out.dequantize(), [[4.0, -4 / 3]])
+
+
+def test_constant_multiplication_only_changes_the_scale():
+    x = RNG.normal(size=5)
+    d = DualArray.quantize(x, calibrated(x, 4))
+    scaled = d * 0.125
+    np.testing.assert_array_equal(scaled.int, d.int)
+    assert scaled.scale == d.scale * 0.125
+    np.testing.assert_allclose(scaled.dequantize(), d.dequantize() * 0.125)
+    with pytest.raises(ValueError, match="positive constant"):
+        d * -1.0
+
+
+def test_add_sub_same_and_different_scales():
+    a_f, b_f = RNG.normal(size=6), 3 * RNG.normal(size=6)
+    a = DualArray.quantize(a_f, calibrated(a_f, 8))
+    b = DualArray.quantize(b_f, calibrated(b_f, 8))
+    same = a - a
+    np.testing.assert_array_equal(same.int, np.zeros(6))
+    total = a + b  # b is re-quantized onto a's (finer) scale
+    assert total.scale == a.scale
+    assert np.max(np.abs(total.dequantize() - (a_f + b_f))) <= a.scale / 2 + b.scale / 2 + a.scale / 2 + 1e-12
+    diff = b - a
+    np.testing.assert_allclose(diff.float, b_f - a_f)
+
+
+def test_layout_ops_on_both_sides():
+    x = RNG.normal(size=(2, 3, 4))
+    d = DualArray.quantize(x, calibrated(x, 5))
+    checks = [
+        (d.transpose(), np.transpose(x)),
+        (d.transpose((0, 2, 1)), np.transpose(x, (0, 2, 1))),
+        (d.reshape(6, 4), x.reshape(6, 4)),
+        (d[:, 1:, ::2], x[:, 1:, ::2]),
+        (d.expand_dims(0), np.expand_dims(x, 0)),
+        (d.sum(axis=-1), x.sum(axis=-1)),
+        (d.max(axis=1, keepdims=True), x.max(axis=1, keepdims=True)),
+    ]
+    for out, expected in checks:
+        assert out.float.shape == expected.shape == out.int.shape
+        np.testing.assert_allclose(out.float, expected)
+        assert out.error() <= d.scale / 2 * np.prod(x.shape) + 1e-12
+    parts = d.split(2, axis=-1)
+    assert [p.shape for p in parts] == [(2, 3, 2), (2, 3, 2)]
+    np.testing.assert_array_equal(parts[1].int, d.int[..., 2:])
+    # max of the integers is the integers of the max (positive scale)
+    np.testing.assert_array_equal(d.max(axis=-1).int, d.int.max(axis=-1))
+
+
+def test_lookup_is_quantized_function_of_dequantized_input():
+    x = np.linspace(-3, 1, 50)
+    d = DualArray.quantize(x, calibrated(x, 5))
+    out_q = calibrated(np.exp(x), 6)
+    e = d.exp(out_q)
+    np.testing.assert_array_equal(e.int, out_q.quantize(np.exp(d.dequantize())))
+    assert e.params == out_q.params
+    r_q = calibrated(1 / np.linspace(1, 4, 10), 6)
+    pos = DualArray.quantize(np.linspace(1, 4, 10), calibrated(np.linspace(0, 4, 10), 4))
+    r = pos.reciprocal(r_q)
+    np.testing.assert_array_equal(r.int, r_q.quantize(1 / pos.dequantize()))  # 1/0 never reached here
+
+
+def test_reciprocal_table_saturates_where_undefined():
+    q_in = calibrated([0.0, 3.0], 3)
+    q_out = calibrated([0.3, 4.0], 4)
+    zero = DualArray.quantize([0.0, 3.0], q_in)
+    assert zero.reciprocal(q_out).int.tolist() == [q_out.params.qmax, q_out.quantize([1 / 3])[0]]
+
+
+def test_rounding_before_lookup_drops_low_bits():
+    x = np.arange(64, dtype=float)
+    d = DualArray.quantize(x, calibrated(x, 6))
+    out = d.requantize(calibrated(x, 6), round_lsbs=3)
+    # to the nearest multiple of 8 (ties up), then clipped to the 6-bit output range
+    np.testing.assert_array_equal(out.int, np.clip(8 * np.floor((x + 4) / 8), 0, 63))
+    with pytest.raises(ValueError, match="round_lsbs"):
+        d.requantize(calibrated(x, 6), round_lsbs=-1)
+
+
+def test_calibration_mode_observes_then_inference_never_recalibrates():
+    qx, qe = Quantizer(6, name="x"), Quantizer(6, name="exp")
+    for data in ([-1.0, 0.0], [0.5, 2.0]):
+        out = DualArray.calibration(data, qx).exp(qe)
+        assert out.mode == "calibration" and out.int is None
+    assert (qx.rmin, qx.rmax) == (-1.0, 2.0) and qe.rmax == pytest.approx(np.exp(2.0))
+    with pytest.raises(NotCalibratedError, match="quantizer 'x' has observed data but is not frozen"):
+        DualArray.quantize([0.0], qx)
+    qx.freeze()
+    with pytest.raises(NotCalibratedError, match="quantizer 'exp'"):
+        DualArray.quantize([0.0], qx).exp(qe)
+    qe.freeze()
+    assert DualArray.quantize([5.0], qx).exp(qe).int.tolist() == [qe.params.qmax]  # clipped, not recalibrated
+    with pytest.raises(FrozenQuantizerError, match="never recalibrates"):
+        DualArray.calibration([9.0], qx)
+
+
+def test_shape_errors_are_clear():
+    x = DualArray.quantize(np.zeros((2, 3)), calibrated([0.0, 1.0], 4))
+    w = QuantizedWeights.from_float(np.ones((4, 5)), 4)
+    with pytest.raises(ShapeMismatchError, match="input has 3 features .* weights expect 4"):
+        x.linear(w)
+    with pytest.raises(ShapeMismatchError, match=r"bias must have shape \(5,\)"):
+        DualArray.quantize(np.zeros((2, 4)), calibrated([0.0, 1.0], 4)).linear(w, bias=np.zeros(3))
+    with pytest.raises(ShapeMismatchError, match="do not fit"):
+        x @ x
+    with pytest.raises(ShapeMismatchError, match="cannot be broadcast"):
+        x + x.transpose()
+    with pytest.raises(ShapeMismatchError, match="cannot reshape"):
+        x.reshape(4, 2)
+    with pytest.raises(ShapeMismatchError, match="cannot be split into 2"):
+        x.split(2)
+    with pytest.raises(ShapeMismatchError, match="not a permutation"):
+        x.transpose((0, 0))
+    with pytest.raises(ShapeMismatchError, match="does not fit shape"):
+        x[5]
+    with pytest.raises(ShapeMismatchError, match="axis 2 is out of range"):
+        x.sum(axis=2)
+
+
+def test_modes_do_not_mix():
+    q = calibrated([0.0, 1.0], 4)
+    with pytest.raises(ModeError, match="calibration mode with one in dual mode"):
+        DualArray.calibration([0.5]) + DualArray.quantize([0.5], q)
+    with pytest.raises(ModeError, match="needs both sides"):
+        DualArray.from_int(np.array([1]), q.params).error()
+    with pytest.raises(ValueError, match="is empty"):
+        DualArray.quantize([], q)
+
+
+def tiny_attention(x: DualArray, w: QuantizedWeights, qs: dict[str, Quantizer]) -> DualArray:
+    """Every kind of DualArray operation, as a small softmax attention."""
+    q, k, v = x.linear(w).split(3)
+    q, k, v = q.requantize(qs["q"]), k.requantize(qs["k"]), v.requantize(qs["v"])
+    scores = (q @ k.transpose()).requantize(qs["scores"], round_lsbs=1)
+    scores = scores - scores.max(axis=-1, keepdims=True)
+    e = scores.exp(qs["exp"])
+    inverse = e.sum(axis=-1, keepdims=True).reciprocal(qs["inv"])
+    probs = (e * inverse).requantize(qs["probs"])
+    out = (probs @ v).requantize(qs["out"])
+    return out.expand_dims(0)[0].reshape(-1)
+
+
+def test_same_code_compiles_and_simulation_equals_clear_integers():
+    rng = np.random.default_rng(1)
+    w = QuantizedWeights.from_float(rng.normal(size=(6, 9)) * 0.4, 4)
+    qs = {name: Quantizer(4, name=name) for name in ("x", "q", "k", "v", "scores", "exp", "inv", "probs", "out")}
+    calibration = [rng.normal(size=(3, 6)) for _ in range(20)]
+    for data in calibration:
+        tiny_attention(DualArray.calibration(data, qs["x"]), w, qs)
+    for quantizer in qs.values():
+        quantizer.freeze()
+
+    @fhe.compiler({"q": "encrypted"})
+    def circuit(q):
+        return tiny_attention(DualArray.from_int(q, qs["x"].params), w, qs).int
+
+    compiled = circuit.compile([qs["x"].quantize(d) for d in calibration])
+    for _ in range(3):
+        x = rng.normal(size=(3, 6))
+        clear = tiny_attention(DualArray.quantize(x, qs["x"]), w, qs)
+        np.testing.assert_array_equal(compiled.simulate(qs["x"].quantize(x)), clear.int)
+        assert clear.error() < 1.0
