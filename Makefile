@@ -63,7 +63,7 @@ nbval: setup
 	if [ $$status -eq 5 ]; then echo "nbval: no notebook cells to check yet"; exit 0; fi; exit $$status
 
 lint: setup
-	$(VENV)/bin/ruff check course_lib tests scripts notebooks
+	$(VENV)/bin/ruff check course_lib tests scripts notebooks benchmarks
 
 # Re-train the bundled model (needs: apt-get install dict-foldoc dict-jargon dict-devil).
 train-model: setup

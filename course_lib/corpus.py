@@ -14,9 +14,10 @@ devil     The Devil's Dictionary (Ambrose Bierce)    public domain
 
 Each dictionary entry becomes one *passage*, its markup removed: a definition
 that opens with an article reads as a sentence (``"Cryptography is the practise
-and study of encryption ..."``), any other as ``"<headword>: <definition>"``. Every passage is assigned once and for all to the
-training split or to the held-out split by a hash of its source and headword,
-so the split never depends on the order of the files or on the machine.
+and study of encryption ..."``), any other as ``"<headword>: <definition>"``.
+Every passage is assigned once and for all to the training split or to the
+held-out split by a hash of its source and headword, so the split never depends
+on the order of the files or on the machine.
 
 Only ``scripts/train_course_model.py`` and the tests read the dictionaries; the
 notebooks use the held-out passages shipped with the package (see

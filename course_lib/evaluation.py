@@ -56,7 +56,7 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     return ks
 
 
-def _predictions(model, tokenizer, passages: Sequence[str], k: int, desc: str, progress: bool):
+def _predictions(model, tokenizer, passages: Sequence[str], k: int, desc: str, progress: bool, **forward_kwargs):
     """Top-``k`` token ids ``(T, k)`` at every position of every passage."""
     import torch
 
@@ -64,7 +64,7 @@ def _predictions(model, tokenizer, passages: Sequence[str], k: int, desc: str, p
     with torch.no_grad():
         for text in tqdm(passages, desc=desc, disable=not progress, leave=False):
             ids = torch.tensor([encode_passage(tokenizer, text, model.config.n_positions)])
-            out.append(model(ids).logits[0].topk(k, dim=-1).indices)
+            out.append(model(ids, **forward_kwargs).logits[0].topk(k, dim=-1).indices)
     return out
 
 
@@ -120,7 +120,7 @@ def sweep_topk_agreement(
         raise ValueError("sweep_topk_agreement needs at least one passage")
     reference = [top[:, 0] for top in _predictions(model, tokenizer, passages, 1, "float model", progress)]
     results = []
-    for n_bits in tqdm(n_bits_list, desc="n_bits", disable=not progress):
+    for n_bits in tqdm(n_bits_list, desc="n_bits", disable=not progress, leave=False):
         with SwappedHead(model, layer, head, n_bits=n_bits) as swap:
             swap.calibrate(tokenizer, calibration_prompts)
             swap.mode = "quantized"
@@ -128,3 +128,37 @@ def sweep_topk_agreement(
         agreement, total = topk_agreement(reference, quantized, ks)
         results.append(Agreement(n_bits=n_bits, agreement=agreement, n_predictions=total))
     return results
+
+
+def head_removed_agreement(
+    model,
+    tokenizer,
+    passages: Sequence[str],
+    *,
+    layer: int = 0,
+    head: int = 0,
+    ks: Sequence[int] = DEFAULT_KS,
+    progress: bool = False,
+) -> Agreement:
+    """Top-k agreement with the float model when head ``head`` of layer ``layer`` is removed altogether.
+
+    The head's attention is multiplied by 0 (Hugging Face's ``head_mask``), so its
+    output is 0 and every other head is untouched: the floor that any quantized version
+    of the head should beat. Passages are encoded and compared as in
+    :func:`sweep_topk_agreement`. The result is an :class:`Agreement` with
+    ``n_bits = 0`` (a head with no bits left).
+    """
+    import torch
+
+    from .gpt2 import check_layer_head
+
+    check_layer_head(model, layer, head)
+    ks = _check_ks(ks)
+    if not passages:
+        raise ValueError("head_removed_agreement needs at least one passage")
+    mask = torch.ones(model.config.n_layer, model.config.n_head)
+    mask[layer, head] = 0.0
+    reference = [top[:, 0] for top in _predictions(model, tokenizer, passages, 1, "float model", progress)]
+    removed = _predictions(model, tokenizer, passages, max(ks), "head removed", progress, head_mask=mask)
+    agreement, total = topk_agreement(reference, removed, ks)
+    return Agreement(n_bits=0, agreement=agreement, n_predictions=total)

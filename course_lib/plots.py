@@ -258,7 +258,7 @@ def plot_topk_agreement(
         labels: suffixes for the two sets in the legend (``results``, then ``compare``).
         points: single published or reference values, ``(n_bits, share, label)``, drawn as stars.
         baseline: an Agreement drawn as dotted horizontal lines, one per k (e.g. the head removed,
-            from :func:`course_lib.reporting.head_removed_agreement`).
+            from :func:`course_lib.evaluation.head_removed_agreement`).
         title: the figure's title.
     """
     if not results:
@@ -315,8 +315,7 @@ def plot_attention_heatmaps(
         raise ValueError(f"expected two square arrays of the same shape (T, T), got {a.shape} and {b.shape}")
     if tokens is not None and len(tokens) != a.shape[0]:
         raise ValueError(f"{len(tokens)} tokens for a {a.shape[0]}x{a.shape[0]} attention matrix")
-    size = max(3.2, 0.32 * a.shape[0] + 1.5)
-    fig = Figure(figsize=(3 * size + 1, size + 0.4), layout="constrained")
+    fig = Figure(figsize=(15, 5.2), layout="constrained")
     axes = fig.subplots(1, 3)
     diff = b - a
     limit = float(np.max(np.abs(diff))) or 1.0

@@ -1,0 +1,205 @@
+"""Exercises of notebook 02 (one quantized head inside GPT-2): their checks and reference solutions.
+
+1. :func:`check_lookup_count`: how many table lookups the head makes on ``T`` tokens.
+2. :func:`check_smallest_n_bits_for_agreement`: the fewest bits that keep a given top-1 agreement.
+3. :func:`check_largest_error_step`: which step of the head drifts furthest from the floats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ..attention import HeadWeights, QuantizedHead
+from ..dual_array import DualArray
+from ..evaluation import Agreement
+from ..reporting import recording_lookups, step_rows
+from . import Feedback, correct, not_attempted, wrong
+
+# ---------------------------------------------------------------------- exercise 1
+#: The (tokens T, head dimension d) pairs on which an answer to exercise 1 is checked.
+EX1_CASES: tuple[tuple[int, int], ...] = ((1, 4), (2, 4), (5, 4), (3, 8), (7, 8), (13, 32), (16, 64))
+_EX1_DIAGNOSTIC = (7, 8)
+
+
+def _small_head(head_dim: int, n_embd: int = 8, n_bits: int = 4) -> QuantizedHead:
+    """A calibrated head with random weights (seeded): enough to count its lookups."""
+    rng = np.random.default_rng(head_dim)
+    weights = HeadWeights(
+        w_qkv=rng.normal(scale=0.3, size=(n_embd, 3 * head_dim)),
+        b_qkv=rng.normal(scale=0.1, size=3 * head_dim),
+        score_scale=1 / np.sqrt(head_dim),
+    )
+    head = QuantizedHead(weights, n_bits)
+    head.calibrate(rng.normal(size=(length, n_embd)) for length in (1, 4, 9))
+    return head
+
+
+def measured_lookup_count(tokens: int, head_dim: int) -> int:
+    """The table lookups (elements through :meth:`DualArray.apply`) of one head run, counted while it runs."""
+    head = _small_head(head_dim)
+    x = np.random.default_rng(tokens).normal(size=(tokens, head.weights.n_embd))
+    with recording_lookups() as lookups:
+        head.run(x)
+    return sum(lookup.elements for lookup in lookups)
+
+
+def feedback_lookup_count(answer: object) -> Feedback:
+    """Judge ``answer``: a function ``(T, head_dim) -> number of table lookups`` of the head on T tokens."""
+    if answer is None:
+        return not_attempted("define `lookups(T, head_dim)` returning the number of table lookups for T tokens.")
+    if not callable(answer):
+        return wrong(f"`lookups` must be a function of (T, head_dim), got {type(answer).__name__}.")
+    fn: Callable[[int, int], object] = answer
+    counts: dict[tuple[int, int], int] = {}
+    for tokens, head_dim in EX1_CASES:
+        try:
+            got = fn(tokens, head_dim)
+        except Exception as error:  # any error of the learner's code is feedback, not a crash
+            return wrong(f"lookups({tokens}, {head_dim}) raised {type(error).__name__}: {error}")
+        if isinstance(got, bool) or not isinstance(got, int | np.integer | float | np.floating) or got != round(got):
+            return wrong(f"lookups({tokens}, {head_dim}) returned {got!r}: give a whole number of lookups.")
+        counts[tokens, head_dim] = int(got)
+    failed = [case for case, got in counts.items() if got != solution_lookup_count(*case)]
+    if not failed:
+        return correct("4 T d + 3 T^2 + T: linear in the head's width, quadratic in the sequence length.")
+    # T = 7, d = 8 tells the usual slips apart (T, T*d, T*T and their multiples all differ)
+    t, d = _EX1_DIAGNOSTIC
+    got, expected = counts[t, d], solution_lookup_count(t, d)
+    if all(value == 8 for value in counts.values()):
+        return wrong(
+            "8 is the number of lookup *calls* (q, k, v, scores, exp, 1/sum, probs, output); in FHE every "
+            "element of the looked-up array is one programmable bootstrap: count the elements."
+        )
+    if got == expected - t:
+        return wrong("you forgot one lookup: 1 / (row sum) is computed once per row, T values.")
+    if got == expected - t * d:
+        return wrong("you forgot one lookup: the output (probs @ v) is requantized before it leaves the head.")
+    if got in (expected - 3 * t * d, expected - 2 * t * d):
+        return wrong("q, k and v are requantized separately, each a (T, head_dim) array: three lookups.")
+    if got in (expected - t * t, expected - 2 * t * t, expected + t * t):
+        return wrong(
+            "count the (T, T) lookups again: the scores, exp and probs each go through a table, "
+            "the masked entries included (the mask only multiplies by 0 or 1, for free)."
+        )
+    t, d = failed[0]
+    return wrong(
+        f"for T = {t} tokens and head_dim = {d} you count {counts[t, d]}, the head makes "
+        f"{solution_lookup_count(t, d)} lookups. Go through the (L) arrows of the head's diagram and add the size "
+        "of each looked-up array."
+    )
+
+
+def check_lookup_count(answer: object) -> None:
+    """Print the feedback of exercise 1."""
+    print(feedback_lookup_count(answer))
+
+
+def solution_lookup_count(tokens: int, head_dim: int) -> int:
+    """Reference solution of exercise 1: the size of every array that goes through a table."""
+    t, d = tokens, head_dim
+    qkv = 3 * t * d  # q, k and v: three (T, d) requantizations of the c_attn accumulator
+    scores = t * t  # the (T, T) scores, requantized
+    exp = t * t  # exp(scores - row max)
+    inverse = t  # 1 / row sum, one per row
+    probs = t * t  # exp * (1 / sum), requantized
+    output = t * d  # probs @ v, requantized
+    return qkv + scores + exp + inverse + probs + output
+
+
+# ---------------------------------------------------------------------- exercise 2
+#: The top-1 agreement to reach in exercise 2.
+EX2_TARGET = 0.99
+
+
+def _top1(results: Sequence[Agreement]) -> dict[int, float]:
+    return {r.n_bits: r.agreement[1] for r in results}
+
+
+def feedback_smallest_n_bits_for_agreement(
+    answer: object, results: Sequence[Agreement], target: float = EX2_TARGET
+) -> Feedback:
+    """Judge ``answer``: the smallest n_bits of ``results`` whose top-1 agreement is at least ``target``."""
+    if answer is None:
+        return not_attempted("set `answer` to a number of bits (an integer) read from the sweep's results.")
+    top1 = _top1(results)
+    if isinstance(answer, bool) or not isinstance(answer, int | np.integer):
+        return wrong(f"give the number of bits as an integer, got {answer!r}.")
+    n_bits = int(answer)
+    reaching = sorted(b for b, share in top1.items() if share >= target)
+    if not reaching:
+        best = max(top1, key=top1.get)
+        return wrong(
+            f"no n_bits of this sweep reaches {target:.1%} top-1 agreement (the best is {top1[best]:.2%} at "
+            f"{best} bits): sweep more bits, or lower the target."
+        )
+    if n_bits not in top1:
+        return wrong(f"the sweep has no result for {n_bits} bits; it measured n_bits {sorted(top1)}.")
+    if top1[n_bits] < target:
+        return wrong(
+            f"at {n_bits} bits the top-1 agreement is {top1[n_bits]:.2%}, below the target {target:.1%}: "
+            "more bits are needed."
+        )
+    if n_bits > reaching[0]:
+        return wrong(
+            f"{n_bits} bits reach the target, but so do {reaching[0]} bits ({top1[reaching[0]]:.2%}). Every bit "
+            "makes each table lookup slower in FHE: find the smallest."
+        )
+    return correct(f"{n_bits} bits: {top1[n_bits]:.2%} top-1 agreement >= {target:.1%}.")
+
+
+def check_smallest_n_bits_for_agreement(
+    answer: object, results: Sequence[Agreement], target: float = EX2_TARGET
+) -> None:
+    """Print the feedback of exercise 2."""
+    print(feedback_smallest_n_bits_for_agreement(answer, results, target))
+
+
+def solution_smallest_n_bits_for_agreement(results: Sequence[Agreement], target: float = EX2_TARGET) -> int:
+    """Reference solution of exercise 2: the first n_bits, in increasing order, whose top-1 reaches the target."""
+    for result in sorted(results, key=lambda r: r.n_bits):
+        if result.agreement[1] >= target:
+            return result.n_bits
+    raise ValueError(f"no n_bits of these results reaches a top-1 agreement of {target}")
+
+
+# ---------------------------------------------------------------------- exercise 3
+
+
+def feedback_largest_error_step(answer: object, steps: Sequence[tuple[str, DualArray]]) -> Feedback:
+    """Judge ``answer``: the name of the step with the largest *relative* error among ``steps``."""
+    if answer is None:
+        return not_attempted('set `answer` to the name of a step, as written in the table, e.g. "q".')
+    rows = step_rows(steps)
+    names = [row.name for row in rows]
+    if not isinstance(answer, str) or answer not in names:
+        return wrong(f"give the name of a step exactly as in the table, one of {names}; got {answer!r}.")
+    by_name = {row.name: row for row in rows}
+    expected = solution_largest_error_step(steps)
+    largest_absolute = max(rows, key=lambda row: row.max_error).name
+    # steps whose relative errors print the same in the table are equally right
+    if by_name[answer].relative_error >= by_name[expected].relative_error * (1 - 1e-3):
+        return correct(f"{answer!r}: its largest error is {by_name[answer].relative_error:.1%} of its largest value.")
+    if answer == largest_absolute:
+        row = by_name[answer]
+        return wrong(
+            f"{answer!r} has the largest error in absolute terms ({row.max_error:.3g}), but its values reach "
+            f"{row.max_abs_float:.3g}: that is {row.relative_error:.1%} of them. Compare errors relative to the "
+            "size of each step's values (the table's last column)."
+        )
+    return wrong(
+        f"{answer!r} is off by {by_name[answer].relative_error:.1%} of its largest value; another step is off by "
+        "more. Sort the table by its last column."
+    )
+
+
+def check_largest_error_step(answer: object, steps: Sequence[tuple[str, DualArray]]) -> None:
+    """Print the feedback of exercise 3."""
+    print(feedback_largest_error_step(answer, steps))
+
+
+def solution_largest_error_step(steps: Sequence[tuple[str, DualArray]]) -> str:
+    """Reference solution of exercise 3: the step whose largest error is the largest share of its values."""
+    rows = step_rows(steps)
+    return max(rows, key=lambda row: row.relative_error).name

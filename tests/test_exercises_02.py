@@ -1,0 +1,202 @@
+"""Notebook 02's exercises: the reference solutions pass their checks, and wrong answers are rejected."""
+
+import numpy as np
+import pytest
+
+from course_lib.attention import HeadWeights, QuantizedHead
+from course_lib.dual_array import DualArray
+from course_lib.evaluation import Agreement
+from course_lib.exercises import Feedback
+from course_lib.exercises import nb02 as ex
+from course_lib.reporting import step_rows
+
+# ---------------------------------------------------------------------- exercise 1: lookups of the head
+
+
+class CountingApply:
+    """Count the elements that go through DualArray.apply (every table lookup), independently of course_lib."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        self.elements = 0
+        original = DualArray.apply
+
+        def counting(array, fn, quantizer, **kwargs):
+            if not array.calibrating:
+                self.calls += 1
+                self.elements += int(np.size(array.int))
+            return original(array, fn, quantizer, **kwargs)
+
+        monkeypatch.setattr(DualArray, "apply", counting)
+
+
+def random_head(n_embd, head_dim, n_bits=4, seed=0):
+    rng = np.random.default_rng(seed)
+    weights = HeadWeights(
+        w_qkv=rng.normal(scale=0.3, size=(n_embd, 3 * head_dim)),
+        b_qkv=rng.normal(scale=0.1, size=3 * head_dim),
+        score_scale=1 / np.sqrt(head_dim),
+    )
+    head = QuantizedHead(weights, n_bits)
+    head.calibrate([rng.normal(size=(t, n_embd)) for t in (3, 7)])
+    return head
+
+
+@pytest.mark.parametrize("tokens, head_dim", [(1, 2), (4, 2), (9, 6), (12, 16)])
+def test_ex1_solution_counts_the_lookups_the_head_makes(monkeypatch, tokens, head_dim):
+    head = random_head(n_embd=10, head_dim=head_dim)
+    counter = CountingApply(monkeypatch)
+    head.run(np.random.default_rng(1).normal(size=(tokens, 10)))
+    assert counter.calls == 8
+    assert counter.elements == ex.solution_lookup_count(tokens, head_dim)
+
+
+def test_ex1_solution_counts_the_bundled_models_head(bundled, monkeypatch):
+    from course_lib.data import load_calibration_prompts
+    from course_lib.gpt2 import SwappedHead
+
+    model, tokenizer = bundled
+    with SwappedHead(model, 0, 0, n_bits=4) as swap:
+        swap.calibrate(tokenizer, load_calibration_prompts(limit=4))
+        (x,) = swap.attention_inputs(tokenizer, ["Cryptography is a method of protecting information"])
+        counter = CountingApply(monkeypatch)
+        swap.head.run(x)
+    head_dim = model.config.n_embd // model.config.n_head
+    assert counter.elements == ex.solution_lookup_count(len(x), head_dim)
+
+
+def test_ex1_the_check_measures_the_same_count():
+    for tokens, head_dim in ex.EX1_CASES:
+        assert ex.measured_lookup_count(tokens, head_dim) == ex.solution_lookup_count(tokens, head_dim)
+
+
+def test_ex1_solution_is_correct_and_other_forms_too():
+    assert ex.feedback_lookup_count(ex.solution_lookup_count).correct
+    assert ex.feedback_lookup_count(lambda t, d: 4 * t * d + 3 * t**2 + t).correct
+    assert ex.feedback_lookup_count(lambda t, d: float(t * (4 * d + 3 * t + 1))).correct
+    assert ex.feedback_lookup_count(lambda t, d: np.int64(4 * t * d + 3 * t * t + t)).correct
+
+
+@pytest.mark.parametrize(
+    "answer, hint",
+    [
+        (8, "must be a function"),
+        (lambda t, d: 8, "lookup *calls*"),
+        (lambda t, d: 4 * t * d + 3 * t * t, "1 / (row sum)"),
+        (lambda t, d: 3 * t * d + 3 * t * t + t, "output (probs @ v)"),
+        (lambda t, d: 2 * t * d + 3 * t * t + t, "three lookups"),
+        (lambda t, d: 4 * t * d + 2 * t * t + t, "(T, T) lookups"),
+        (lambda t, d: 4 * t * d + t * t + t, "(T, T) lookups"),
+        (lambda t, d: t * d, "Go through the (L) arrows"),
+        (lambda t, d: 4 * t * d + 3 * t * t + t + 0.5, "whole number"),
+        (lambda t, d: "many", "whole number"),
+        (lambda t, d: True, "whole number"),
+        (lambda t: t, "raised TypeError"),
+    ],
+)
+def test_ex1_wrong_answers_are_rejected_with_a_hint(answer, hint):
+    feedback = ex.feedback_lookup_count(answer)
+    assert feedback.status == "wrong"
+    assert feedback.message.startswith("Not quite: ")
+    assert hint in feedback.message
+
+
+# ---------------------------------------------------------------------- exercise 2: smallest n_bits
+
+
+def sweep(top1):
+    return [Agreement(n_bits, {1: share, 5: min(1.0, share + 0.01), 10: 1.0}, 1000) for n_bits, share in top1.items()]
+
+
+RESULTS = sweep({2: 0.80, 3: 0.93, 4: 0.975, 5: 0.991, 6: 0.985, 7: 0.996, 8: 0.999})
+
+
+def test_ex2_solution():
+    assert ex.solution_smallest_n_bits_for_agreement(RESULTS) == 5
+    assert ex.solution_smallest_n_bits_for_agreement(RESULTS, target=0.9) == 3
+    assert ex.solution_smallest_n_bits_for_agreement(list(reversed(RESULTS)), target=0.97) == 4
+    assert ex.feedback_smallest_n_bits_for_agreement(5, RESULTS).correct
+    assert ex.feedback_smallest_n_bits_for_agreement(np.int64(3), RESULTS, target=0.9).correct
+    with pytest.raises(ValueError, match="no n_bits"):
+        ex.solution_smallest_n_bits_for_agreement(RESULTS, target=0.9999)
+
+
+@pytest.mark.parametrize(
+    "answer, target, hint",
+    [
+        (4, ex.EX2_TARGET, "more bits are needed"),
+        (6, ex.EX2_TARGET, "more bits are needed"),  # the curve is not monotonic: 6 bits fall below
+        (7, ex.EX2_TARGET, "find the smallest"),
+        (8, 0.9, "find the smallest"),
+        (12, ex.EX2_TARGET, "no result for 12 bits"),
+        (5.0, ex.EX2_TARGET, "as an integer"),
+        ("5", ex.EX2_TARGET, "as an integer"),
+        (True, ex.EX2_TARGET, "as an integer"),
+        (8, 0.9999, "no n_bits of this sweep reaches"),
+    ],
+)
+def test_ex2_wrong_answers_are_rejected_with_a_hint(answer, target, hint):
+    feedback = ex.feedback_smallest_n_bits_for_agreement(answer, RESULTS, target)
+    assert feedback.status == "wrong"
+    assert hint in feedback.message
+
+
+# ---------------------------------------------------------------------- exercise 3: the step with the largest error
+
+
+@pytest.fixture(scope="module")
+def steps():
+    head = random_head(n_embd=16, head_dim=4, n_bits=3)
+    return head.steps(np.random.default_rng(2).normal(size=(8, 16)))
+
+
+def test_ex3_solution(steps):
+    rows = step_rows(steps)
+    expected = ex.solution_largest_error_step(steps)
+    assert max(r.relative_error for r in rows) == next(r.relative_error for r in rows if r.name == expected)
+    assert ex.feedback_largest_error_step(expected, steps).correct
+
+
+def test_ex3_wrong_answers_are_rejected_with_a_hint(steps):
+    rows = step_rows(steps)
+    expected = ex.solution_largest_error_step(steps)
+    largest_absolute = max(rows, key=lambda r: r.max_error).name
+    assert largest_absolute != expected  # the trap the exercise is about exists in this data
+    feedback = ex.feedback_largest_error_step(largest_absolute, steps)
+    assert feedback.status == "wrong" and "relative to the size" in feedback.message
+    smallest = min(rows, key=lambda r: r.relative_error).name
+    feedback = ex.feedback_largest_error_step(smallest, steps)
+    assert feedback.status == "wrong" and "Sort the table" in feedback.message
+    for answer in ("Q", "softmax", 3):
+        feedback = ex.feedback_largest_error_step(answer, steps)
+        assert feedback.status == "wrong" and "exactly as in the table" in feedback.message
+
+
+# ---------------------------------------------------------------------- what the notebook prints
+
+
+def test_checks_print_not_attempted_then_correct(steps, capsys):
+    for check, args, solution in [
+        (ex.check_lookup_count, (), ex.solution_lookup_count),
+        (ex.check_smallest_n_bits_for_agreement, (RESULTS,), ex.solution_smallest_n_bits_for_agreement(RESULTS)),
+        (ex.check_largest_error_step, (steps,), ex.solution_largest_error_step(steps)),
+    ]:
+        check(None, *args)
+        assert capsys.readouterr().out.startswith("Not attempted yet: ")
+        check(solution, *args)
+        assert capsys.readouterr().out.startswith("Correct!")
+
+
+@pytest.mark.parametrize(
+    "feedback_fn, args",
+    [
+        (ex.feedback_lookup_count, ()),
+        (ex.feedback_smallest_n_bits_for_agreement, (RESULTS,)),
+        (ex.feedback_largest_error_step, ([],)),
+    ],
+)
+def test_none_is_not_attempted_never_wrong(feedback_fn, args):
+    feedback = feedback_fn(None, *args)
+    assert isinstance(feedback, Feedback)
+    assert feedback.status == "not attempted" and not feedback.correct
+    assert str(feedback).startswith("Not attempted yet: ")

@@ -1,0 +1,237 @@
+"""course_lib.reporting (step tables, lookup records) and notebook 02's figures in course_lib.plots."""
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from course_lib import plots
+from course_lib.attention import HeadWeights, QuantizedHead
+from course_lib.dual_array import DualArray
+from course_lib.evaluation import Agreement, head_removed_agreement
+from course_lib.quantization import Quantizer
+from course_lib.reporting import (
+    STEP_COLUMNS,
+    Lookup,
+    lookups_dataframe,
+    recording_lookups,
+    step_rows,
+    steps_dataframe,
+)
+
+
+def small_head(n_embd=16, head_dim=4, n_bits=4, seed=0):
+    rng = np.random.default_rng(seed)
+    weights = HeadWeights(
+        w_qkv=rng.normal(scale=0.3, size=(n_embd, 3 * head_dim)),
+        b_qkv=rng.normal(scale=0.1, size=3 * head_dim),
+        score_scale=1 / np.sqrt(head_dim),
+    )
+    head = QuantizedHead(weights, n_bits)
+    head.calibrate([rng.normal(size=(t, n_embd)) for t in (2, 5, 8)])
+    return head, rng.normal(size=(6, n_embd))
+
+
+# ---------------------------------------------------------------------- step tables
+
+
+def test_step_rows_summarise_every_step():
+    head, x = small_head()
+    steps = head.steps(x)
+    rows = step_rows(steps)
+    assert [r.name for r in rows] == [name for name, _ in steps]
+    assert rows[0].name == "input" and rows[-1].name == "output"
+    for row, (_, value) in zip(rows, steps, strict=True):
+        assert row.shape == value.shape
+        assert (row.int_min, row.int_max) == value.int_range()
+        assert row.bits == value.bit_width()
+        assert row.max_error == pytest.approx(value.error())
+        assert row.max_abs_float == pytest.approx(np.abs(value.float).max())
+        assert row.relative_error == pytest.approx(value.error() / np.abs(value.float).max())
+        assert value.dequantize() == pytest.approx(row.scale * (value.int - row.zero_point))
+    by_name = {r.name: r for r in rows}
+    assert by_name["probs"].shape == (6, 6) and by_name["q"].shape == (6, 4)
+    # a requantized step holds at most its quantizer's integers; accumulators hold more
+    assert by_name["q"].bits <= 4 < by_name["qkv accumulator"].bits
+
+
+def test_steps_dataframe_columns_and_values():
+    head, x = small_head()
+    steps = head.steps(x)
+    frame = steps_dataframe(steps)
+    assert list(frame.columns) == list(STEP_COLUMNS)
+    assert len(frame) == len(steps)
+    first = frame.iloc[0]
+    low, high = steps[0][1].int_range()
+    assert first["step"] == "input" and first["shape"] == "6x16" and first["integers"] == f"{low}..{high}"
+    assert frame["bits"].tolist() == [v.bit_width() for _, v in steps]
+    assert frame["max error"].tolist() == pytest.approx([v.error() for _, v in steps], rel=1e-3)
+
+
+def test_relative_error_of_an_all_zero_step_is_zero():
+    quantizer = Quantizer(4, name="z")
+    quantizer.calibrate([-1.0, 1.0])
+    (row,) = step_rows([("zeros", DualArray.quantize(np.zeros(3), quantizer))])
+    assert row.max_abs_float == 0 and row.relative_error == 0
+
+
+def test_step_rows_refuse_steps_without_both_sides():
+    quantizer = Quantizer(4, name="x")
+    with pytest.raises(ValueError, match="calibration mode"):
+        step_rows([("x", DualArray.calibration(np.ones(3), quantizer))])
+    with pytest.raises(ValueError, match="at least one"):
+        step_rows([])
+
+
+# ---------------------------------------------------------------------- lookups
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 6])
+def test_recording_lookups_counts_every_table_lookup(tokens):
+    head, x = small_head()
+    t, d = tokens, head.weights.head_dim
+    with recording_lookups() as lookups:
+        head.run(x[:tokens])
+    assert [lookup.quantizer for lookup in lookups] == [
+        "q",
+        "k",
+        "v",
+        "scores",
+        "exp",
+        "inverse_sum",
+        "probs",
+        "output",
+    ]
+    assert [lookup.shape for lookup in lookups] == [(t, d)] * 3 + [(t, t)] * 2 + [(t, 1), (t, t), (t, d)]
+    assert sum(lookup.elements for lookup in lookups) == 4 * t * d + 3 * t * t + t
+    assert all(lookup.output_bits == 4 for lookup in lookups)
+
+
+def test_lookup_input_bits_are_those_of_the_looked_up_integers():
+    head, x = small_head()
+    with recording_lookups() as lookups:
+        steps = head.steps(x)
+    accumulator = dict(steps)["qkv accumulator"]
+    q = next(lookup for lookup in lookups if lookup.quantizer == "q")
+    d = head.weights.head_dim
+    assert q.input_bits == DualArray(None, accumulator.int[:, :d], scale=accumulator.scale).bit_width()
+    assert q.input_bits > 4  # the accumulator is wider than the head's 4 bits: an expensive table
+
+
+def test_recording_lookups_restores_apply_and_skips_calibration():
+    original = DualArray.apply
+    head, x = small_head()
+    with pytest.raises(RuntimeError, match="boom"):
+        with recording_lookups():
+            raise RuntimeError("boom")
+    assert DualArray.apply is original
+    fresh = QuantizedHead(head.weights, 4)
+    with recording_lookups() as lookups:
+        fresh.calibrate([x])  # floats only: no lookup is made
+    assert lookups == [] and DualArray.apply is original
+
+
+def test_lookups_dataframe():
+    frame = lookups_dataframe([Lookup("q", (3, 4), 12, 9, 4), Lookup("exp", (3, 3), 9, 5, 4)])
+    assert frame["elements"].tolist() == [12, 9]
+    assert frame["table entries"].tolist() == [512, 32]
+    assert frame["shape"].tolist() == ["3x4", "3x3"]
+
+
+# ---------------------------------------------------------------------- the head removed
+
+
+def test_head_removed_agreement_is_zeroing_the_heads_slice(bundled):
+    import torch
+
+    from course_lib.data import load_evaluation_passages
+    from course_lib.evaluation import encode_passage, topk_agreement
+
+    model, tokenizer = bundled
+    passages = load_evaluation_passages(limit=6)
+    layer, head, d = 1, 2, model.config.n_embd // model.config.n_head
+    ids = [torch.tensor([encode_passage(tokenizer, text, model.config.n_positions)]) for text in passages]
+    with torch.no_grad():
+        before = [model(i).logits for i in ids]
+    removed = head_removed_agreement(model, tokenizer, passages, layer=layer, head=head)
+    assert removed.n_bits == 0 and removed.n_predictions == sum(i.shape[1] for i in ids)
+    a = removed.agreement
+    assert 0 < a[1] <= a[5] <= a[10] <= 1 and a[1] < 1  # the head matters
+
+    def zero_slice(module, args):
+        merged = args[0].clone()
+        merged[..., head * d : (head + 1) * d] = 0
+        return (merged, *args[1:])
+
+    hook = model.transformer.h[layer].attn.c_proj.register_forward_pre_hook(zero_slice)
+    with torch.no_grad():
+        zeroed = [model(i).logits[0].topk(10, dim=-1).indices for i in ids]
+    hook.remove()
+    expected, total = topk_agreement([b[0].topk(1, dim=-1).indices[:, 0] for b in before], zeroed)
+    assert total == removed.n_predictions and removed.agreement == pytest.approx(expected)
+    with torch.no_grad():  # the model is left as it was
+        assert all(torch.equal(model(i).logits, b) for i, b in zip(ids, before, strict=True))
+    with pytest.raises(ValueError, match="layer must be an integer"):
+        head_removed_agreement(model, tokenizer, passages, layer=model.config.n_layer)
+    with pytest.raises(ValueError, match="at least one passage"):
+        head_removed_agreement(model, tokenizer, [])
+
+
+# ---------------------------------------------------------------------- figures
+
+
+@pytest.mark.parametrize("n_layer, n_head, layer, head", [(4, 4, 0, 0), (12, 12, 11, 7), (1, 1, 0, 0)])
+def test_plot_head_in_gpt2(n_layer, n_head, layer, head):
+    fig = plots.plot_head_in_gpt2(n_layer, n_head, layer, head, head_dim=32)
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    left, right = fig.axes
+    assert len(left.patches) == n_layer + 2  # the blocks, the embeddings and the LM head
+    assert len(right.patches) == n_head + 6
+    texts = [t.get_text() for t in left.texts]
+    assert f"block {layer}  (this one)" in texts
+    assert any(t.get_text().startswith(f"head {head}") or t.get_text() == f"h{head}" for t in right.texts)
+
+
+@pytest.mark.parametrize("args", [(4, 4, 4, 0), (4, 4, 0, -1), (0, 4, 0, 0)])
+def test_plot_head_in_gpt2_refuses_missing_heads(args):
+    with pytest.raises(ValueError, match="must be"):
+        plots.plot_head_in_gpt2(*args)
+
+
+def agreements(offset=0.0):
+    return [Agreement(b, {1: 0.5 + b / 25 - offset, 5: 0.7 + b / 40, 10: 0.8 + b / 60}, 100) for b in range(2, 11)]
+
+
+def test_plot_topk_agreement_lines():
+    fig = plots.plot_topk_agreement(agreements())
+    (ax,) = fig.axes
+    assert len(ax.lines) == 3
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [100 * (0.5 + b / 25) for b in range(2, 11)])
+    fig = plots.plot_topk_agreement(
+        agreements(), compare=agreements(0.1), labels=("a", "b"), points=[(4, 0.96, "published")]
+    )
+    (ax,) = fig.axes
+    assert len(ax.lines) == 7
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["top-1 (a)", "top-5 (a)", "top-10 (a)", "top-1 (b)", "top-5 (b)", "top-10 (b)", "published"]
+    removed = Agreement(0, {1: 0.4, 5: 0.6, 10: 0.7}, 100)
+    (ax,) = plots.plot_topk_agreement(agreements(), baseline=removed).axes
+    assert len(ax.lines) == 6
+    assert ax.lines[3].get_ydata()[0] == pytest.approx(40) and ax.lines[3].get_linestyle() == ":"
+    assert "top-1, head removed" in [t.get_text() for t in ax.get_legend().get_texts()]
+    with pytest.raises(ValueError, match="at least one result"):
+        plots.plot_topk_agreement([])
+
+
+def test_plot_attention_heatmaps():
+    rng = np.random.default_rng(0)
+    probs = np.tril(rng.random((5, 5)))
+    probs /= probs.sum(axis=1, keepdims=True)
+    fig = plots.plot_attention_heatmaps(probs, np.round(probs * 15) / 15, list("abcde"), n_bits=4)
+    assert len(fig.axes) == 6  # three panels and their colorbars
+    assert [len(ax.images) for ax in fig.axes[:3]] == [1, 1, 1]
+    np.testing.assert_allclose(fig.axes[2].images[0].get_array(), np.round(probs * 15) / 15 - probs)
+    assert "4-bit" in fig.axes[1].get_title()
+    with pytest.raises(ValueError, match="square arrays of the same shape"):
+        plots.plot_attention_heatmaps(probs, probs[:4, :4])
+    with pytest.raises(ValueError, match="4 tokens for a 5x5"):
+        plots.plot_attention_heatmaps(probs, probs, list("abcd"))
