@@ -55,6 +55,16 @@ class HeadWeights:
         if self.b_qkv.shape != (self.w_qkv.shape[1],):
             raise ValueError(f"b_qkv must have shape ({self.w_qkv.shape[1]},), got {self.b_qkv.shape}")
 
+    @classmethod
+    def random(cls, n_embd: int, head_dim: int, *, seed: int = 0) -> HeadWeights:
+        """A head of GPT-2's shape with random weights (seeded): for tests, exercises and cost models."""
+        rng = np.random.default_rng(seed)
+        return cls(
+            w_qkv=rng.normal(scale=0.3, size=(n_embd, 3 * head_dim)),
+            b_qkv=rng.normal(scale=0.1, size=3 * head_dim),
+            score_scale=1 / np.sqrt(head_dim),
+        )
+
     @property
     def n_embd(self) -> int:
         return self.w_qkv.shape[0]

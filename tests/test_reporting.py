@@ -21,12 +21,7 @@ from course_lib.reporting import (
 
 def small_head(n_embd=16, head_dim=4, n_bits=4, seed=0):
     rng = np.random.default_rng(seed)
-    weights = HeadWeights(
-        w_qkv=rng.normal(scale=0.3, size=(n_embd, 3 * head_dim)),
-        b_qkv=rng.normal(scale=0.1, size=3 * head_dim),
-        score_scale=1 / np.sqrt(head_dim),
-    )
-    head = QuantizedHead(weights, n_bits)
+    head = QuantizedHead(HeadWeights.random(n_embd, head_dim, seed=seed), n_bits)
     head.calibrate([rng.normal(size=(t, n_embd)) for t in (2, 5, 8)])
     return head, rng.normal(size=(6, n_embd))
 

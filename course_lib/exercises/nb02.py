@@ -26,12 +26,7 @@ _EX1_DIAGNOSTIC = (7, 8)
 def _small_head(head_dim: int, n_embd: int = 8, n_bits: int = 4) -> QuantizedHead:
     """A calibrated head with random weights (seeded): enough to count its lookups."""
     rng = np.random.default_rng(head_dim)
-    weights = HeadWeights(
-        w_qkv=rng.normal(scale=0.3, size=(n_embd, 3 * head_dim)),
-        b_qkv=rng.normal(scale=0.1, size=3 * head_dim),
-        score_scale=1 / np.sqrt(head_dim),
-    )
-    head = QuantizedHead(weights, n_bits)
+    head = QuantizedHead(HeadWeights.random(n_embd, head_dim, seed=head_dim), n_bits)
     head.calibrate(rng.normal(size=(length, n_embd)) for length in (1, 4, 9))
     return head
 
