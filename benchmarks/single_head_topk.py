@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from course_lib.data import load_calibration_prompts, load_evaluation_passages
-from course_lib.evaluation import Agreement, head_removed_agreement, sweep_topk_agreement
+from course_lib.evaluation import Agreement, float_top1, head_removed_agreement, sweep_topk_agreement
 from course_lib.models import load_model, load_tokenizer, resolve_model_name
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "single_head_topk.json"
@@ -61,9 +61,8 @@ def format_table(results: list[Agreement], removed: Agreement | None = None) -> 
         name = "removed" if r is removed else str(r.n_bits)
         shares = " ".join(f"{100 * r.agreement[k]:>6.2f}%" for k in ks)
         line = f"{name:>9} {shares} {r.n_predictions:>12}"
-        if removed is not None and removed.agreement[1] < 1:
-            floor = removed.agreement[1]
-            line += f" {100 * (r.agreement[1] - floor) / (1 - floor):>9.1f}%"
+        if removed is not None:
+            line += f" {100 * r.recovered(removed):>9.1f}%"
         lines.append(line)
     return "\n".join(lines)
 
@@ -83,10 +82,12 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     start = time.perf_counter()
+    reference = float_top1(model, tokenizer, passages)
     results = sweep_topk_agreement(
-        model, tokenizer, passages, calibration, args.n_bits, layer=args.layer, head=args.head, progress=False
+        model, tokenizer, passages, calibration, args.n_bits, layer=args.layer, head=args.head, progress=False,
+        reference=reference,
     )
-    removed = head_removed_agreement(model, tokenizer, passages, layer=args.layer, head=args.head)
+    removed = head_removed_agreement(model, tokenizer, passages, layer=args.layer, head=args.head, reference=reference)
     seconds = time.perf_counter() - start
     print(format_table(results, removed))
     print(f"took {seconds:.1f} s")

@@ -83,6 +83,19 @@ class Agreement:
     agreement: dict[int, float]
     n_predictions: int
 
+    def recovered(self, removed: Agreement) -> float:
+        """Share of the head's effect on top-1 kept: 0 is no better than ``removed`` (the head removed), 1 is float.
+
+        ``(top-1 - top-1 removed) / (1 - top-1 removed)``; nan when removing the head changes nothing.
+        """
+        floor = removed.agreement[1]
+        return (self.agreement[1] - floor) / (1 - floor) if floor < 1 else float("nan")
+
+
+def float_top1(model, tokenizer, passages: Sequence[str], progress: bool = False) -> list:
+    """The model's top-1 token id at every position of every passage: the reference of the agreements."""
+    return [top[:, 0] for top in _predictions(model, tokenizer, passages, 1, "float model", progress)]
+
 
 def topk_agreement(reference_top1, quantized_topk, ks: Sequence[int] = DEFAULT_KS) -> tuple[dict[int, float], int]:
     """Agreement at each k between per-passage reference top-1 ids and quantized top-k ids."""
@@ -107,18 +120,21 @@ def sweep_topk_agreement(
     head: int = 0,
     ks: Sequence[int] = DEFAULT_KS,
     progress: bool = True,
+    reference: list | None = None,
 ) -> list[Agreement]:
     """Top-k agreement of the model with head ``head`` of layer ``layer`` quantized, for each n_bits.
 
     For each n_bits a fresh quantized head is calibrated on ``calibration_prompts``
-    and swapped in; the float model's predictions are computed once.
+    and swapped in; the float model's predictions are computed once (or taken from
+    ``reference``, the :func:`float_top1` of the same passages).
     """
     from .gpt2 import SwappedHead
 
     ks = _check_ks(ks)
     if not passages:
         raise ValueError("sweep_topk_agreement needs at least one passage")
-    reference = [top[:, 0] for top in _predictions(model, tokenizer, passages, 1, "float model", progress)]
+    if reference is None:
+        reference = float_top1(model, tokenizer, passages, progress)
     results = []
     for n_bits in tqdm(n_bits_list, desc="n_bits", disable=not progress, leave=False):
         with SwappedHead(model, layer, head, n_bits=n_bits) as swap:
@@ -139,14 +155,16 @@ def head_removed_agreement(
     head: int = 0,
     ks: Sequence[int] = DEFAULT_KS,
     progress: bool = False,
+    reference: list | None = None,
 ) -> Agreement:
     """Top-k agreement with the float model when head ``head`` of layer ``layer`` is removed altogether.
 
     The head's attention is multiplied by 0 (Hugging Face's ``head_mask``), so its
     output is 0 and every other head is untouched: the floor that any quantized version
     of the head should beat. Passages are encoded and compared as in
-    :func:`sweep_topk_agreement`. The result is an :class:`Agreement` with
-    ``n_bits = 0`` (a head with no bits left).
+    :func:`sweep_topk_agreement` (pass its ``reference`` to compute the float predictions
+    once for both). The result is an :class:`Agreement` with ``n_bits = 0`` (a head with
+    no bits left).
     """
     import torch
 
@@ -158,7 +176,8 @@ def head_removed_agreement(
         raise ValueError("head_removed_agreement needs at least one passage")
     mask = torch.ones(model.config.n_layer, model.config.n_head)
     mask[layer, head] = 0.0
-    reference = [top[:, 0] for top in _predictions(model, tokenizer, passages, 1, "float model", progress)]
+    if reference is None:
+        reference = float_top1(model, tokenizer, passages, progress)
     removed = _predictions(model, tokenizer, passages, max(ks), "head removed", progress, head_mask=mask)
     agreement, total = topk_agreement(reference, removed, ks)
     return Agreement(n_bits=0, agreement=agreement, n_predictions=total)

@@ -205,7 +205,3 @@ def lookups_dataframe(lookups: Sequence[Lookup]) -> pd.DataFrame:
     ]
     columns = ["lookup (output quantizer)", "shape", "elements", "input bits", "table entries", "output bits"]
     return pd.DataFrame.from_records(records, columns=columns)
-
-
-# ---------------------------------------------------------------------- baseline: the head removed
-

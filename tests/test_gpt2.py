@@ -177,3 +177,25 @@ def test_sweep_improves_with_bits(bundled):
         a = r.agreement
         assert 0 <= a[1] <= a[5] <= a[10] <= 1 and r.n_predictions > 100
     assert high.agreement[1] > low.agreement[1] and high.agreement[1] > 0.9
+
+
+def test_recovered_share_of_the_heads_effect():
+    from course_lib.evaluation import Agreement
+
+    removed = Agreement(n_bits=0, agreement={1: 0.9}, n_predictions=10)
+    assert Agreement(n_bits=4, agreement={1: 0.95}, n_predictions=10).recovered(removed) == pytest.approx(0.5)
+    assert removed.recovered(removed) == 0
+    assert Agreement(n_bits=8, agreement={1: 1.0}, n_predictions=10).recovered(removed) == pytest.approx(1.0)
+
+
+def test_a_shared_reference_gives_the_same_agreements(bundled):
+    from course_lib.evaluation import float_top1, head_removed_agreement
+
+    model, tokenizer = bundled
+    passages = load_evaluation_passages(limit=4)
+    reference = float_top1(model, tokenizer, passages)
+    assert head_removed_agreement(model, tokenizer, passages, reference=reference) == head_removed_agreement(
+        model, tokenizer, passages
+    )
+    shared = sweep_topk_agreement(model, tokenizer, passages, CALIBRATION, (3,), progress=False, reference=reference)
+    assert shared == sweep_topk_agreement(model, tokenizer, passages, CALIBRATION, (3,), progress=False)
