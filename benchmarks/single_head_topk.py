@@ -9,8 +9,14 @@ swapped into the model; at every position of every held-out passage, the float m
 top-1 next token is looked up among the quantized model's top-k tokens. The same is measured
 with the head removed altogether (its output set to 0): the floor any quantized head should
 beat. It prints a table and writes benchmarks/results/single_head_topk.json. Options choose the head
-(``--layer``, ``--head``), the number of passages (``--limit``), the bits (``--n-bits``)
-and the model (``--model``, default ``$COURSE_MODEL`` or the bundled ``course-gpt2``).
+(``--layer``, ``--head``), the number of passages (``--limit``), the bits (``--n-bits``),
+the rounding of the FHE circuit's product steps (``--lookup-bits``, as in notebook 03; the
+clear head then computes exactly the integers of the circuit's simulation) and the model
+(``--model``, default ``$COURSE_MODEL`` or the bundled ``course-gpt2``). The agreement of
+notebook 03's default circuit on every passage:
+
+    .venv/bin/python benchmarks/single_head_topk.py --n-bits 4 --lookup-bits 7 \
+        --out benchmarks/results/single_head_topk_fhe_default.json
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="use only the first LIMIT passages (default: all)")
     parser.add_argument(
         "--n-bits", type=int, nargs="+", default=list(range(2, 11)), help="bit widths to sweep (default: 2 to 10)"
+    )
+    parser.add_argument(
+        "--lookup-bits", type=int, default=None, help="round product steps to this many bits (default: exact)"
     )
     parser.add_argument("--model", default=None, help="course-gpt2 or gpt2 (default: $COURSE_MODEL or course-gpt2)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output (default: %(default)s)")
@@ -78,14 +87,14 @@ def main(argv: list[str] | None = None) -> None:
     calibration = load_calibration_prompts()
     print(
         f"model {name}: layer {args.layer}, head {args.head}; {len(passages)} evaluation passages, "
-        f"{len(calibration)} calibration prompts; n_bits {args.n_bits}",
+        f"{len(calibration)} calibration prompts; n_bits {args.n_bits}, lookup_bits {args.lookup_bits}",
         flush=True,
     )
     start = time.perf_counter()
     reference = float_top1(model, tokenizer, passages)
     results = sweep_topk_agreement(
         model, tokenizer, passages, calibration, args.n_bits, layer=args.layer, head=args.head, progress=False,
-        reference=reference,
+        reference=reference, lookup_bits=args.lookup_bits,
     )
     removed = head_removed_agreement(model, tokenizer, passages, layer=args.layer, head=args.head, reference=reference)
     seconds = time.perf_counter() - start
@@ -96,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         "model": name,
         "layer": args.layer,
         "head": args.head,
+        "lookup_bits": args.lookup_bits,
         "passages": len(passages),
         "calibration_prompts": len(calibration),
         "seconds": round(seconds, 1),

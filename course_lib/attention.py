@@ -13,12 +13,30 @@ tokens whose (layer-normed) inputs are ``x`` of shape ``(T, n_embd)``::
     probs   = softmax(scores)                         # (T, T), each row sums to 1
     out     = probs @ v                               # (T, d): head h's slice of c_proj's input
 
-In integers, each arrow below is one quantizer of the head (``n_bits`` each);
-``(L)`` marks a table lookup, a programmable bootstrap (PBS) per element in FHE::
+In integers, each ``(L)`` below is a table lookup, one programmable bootstrap (PBS)
+per element in FHE, whose output one quantizer of the head (``n_bits``) describes;
+``(P)`` marks products of two encrypted numbers, two lookups each::
 
-    x -> [x] -> linear -> (L) q, k, v -> q @ k.T -> (L) scores -> mask, - row max
-      -> (L) exp -> mask -> row sum -> (L) 1/sum -> exp * 1/sum -> (L) probs
-      -> probs @ v -> (L) out
+    x -> [x] -> linear -> (L) q, k, v -> (P) q @ k.T -> (L) scores -> mask, (L) - row max
+      -> (L) exp -> mask -> row sum -> (L) 1/sum -> (P) exp * 1/sum -> (L) probs
+      -> (P) probs @ v -> (L) out
+
+The head splits in two where FHE wants it split (notebook 03):
+
+- :meth:`QuantizedHead.project`, ``x -> q, k, v``: clear weights on the token's own
+  features. Its accumulators are 9 to 14 bits wide (128 products per value), far too
+  wide for cheap table lookups, and it mixes no tokens: in the course's FHE design the
+  client runs it, as it runs the rest of GPT-2.
+- :meth:`QuantizedHead.attend`, ``q, k, v -> out``: scores, causal softmax and the
+  weighted sum, every encrypted x encrypted product of the head. This is the part
+  compiled to FHE.
+
+A lookup's table has one entry per possible input integer, and in FHE its cost grows
+steeply with the input's bit width. With ``lookup_bits`` set, each product step
+(``q @ k.T``, ``exp * 1/sum``, ``probs @ v``) divides its products by a power of two
+inside its own square tables (``drop_bits``), so that the next lookup reads at most
+``lookup_bits`` bits. The powers of two are fitted on the calibration data, after
+the quantizers freeze.
 """
 
 from __future__ import annotations
@@ -27,12 +45,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from concrete import fhe
 
 from .dual_array import DualArray, QuantizedWeights
 from .quantization import Quantizer, check_float_data, check_n_bits
 
 #: The quantizers of one head, in the order the data meets them.
 HEAD_QUANTIZERS: tuple[str, ...] = ("input", "q", "k", "v", "scores", "exp", "inverse_sum", "probs", "output")
+
+#: The product steps of the encrypted part, named by the quantizer that reads their sums.
+PRODUCT_STEPS: tuple[str, ...] = ("scores", "probs", "output")
 
 
 @dataclass(frozen=True)
@@ -98,17 +120,36 @@ class QuantizedHead:
         n_bits: bits of every activation quantizer (2 to 16).
         n_bits_weights: bits of the clear weights (default: ``max(n_bits, 8)``; weights
             are not encrypted, so their bits cost nothing in PBS but set the accumulators' size).
+        lookup_bits: if set, the product steps drop low bits so that no lookup of
+            :meth:`attend` reads more than this many bits (``None``: exact products).
 
     Attributes:
         quantizers: one :class:`Quantizer` per step, named as in :data:`HEAD_QUANTIZERS`.
+        drop_bits: bits each product step drops (named as in :data:`PRODUCT_STEPS`),
+            fitted by :meth:`calibrate`; all 0 when ``lookup_bits`` is None.
+        product_bits: the widest sum each product step gave on the calibration data
+            with exact products (filled by :meth:`calibrate`).
     """
 
-    def __init__(self, weights: HeadWeights, n_bits: int, n_bits_weights: int | None = None) -> None:
+    def __init__(
+        self, weights: HeadWeights, n_bits: int, n_bits_weights: int | None = None, lookup_bits: int | None = None
+    ) -> None:
         self.weights = weights
         self.n_bits = check_n_bits(n_bits)
         self.n_bits_weights = check_n_bits(n_bits_weights if n_bits_weights is not None else max(n_bits, 8))
+        if lookup_bits is not None:
+            lookup_bits = check_n_bits(lookup_bits)
+            if lookup_bits < self.n_bits:
+                raise ValueError(
+                    f"lookup_bits ({lookup_bits}) must be at least n_bits ({self.n_bits}): a sum of "
+                    f"{self.n_bits}-bit products cannot hold fewer bits than its terms"
+                )
+        self.lookup_bits = lookup_bits
         self.w_qkv = QuantizedWeights.from_float(weights.w_qkv, self.n_bits_weights)
         self.quantizers: dict[str, Quantizer] = {name: Quantizer(self.n_bits, name=name) for name in HEAD_QUANTIZERS}
+        self.drop_bits: dict[str, int] = dict.fromkeys(PRODUCT_STEPS, 0)
+        self.product_bits: dict[str, int] = {}
+        self._observed: dict[str, int] | None = None  # set while fitting drop_bits
 
     # -- phases ----------------------------------------------------------------------------------
     @property
@@ -116,17 +157,25 @@ class QuantizedHead:
         return all(q.is_frozen for q in self.quantizers.values())
 
     def calibrate(self, inputs: Iterable[np.ndarray]) -> None:
-        """Observe the head's float values on each input ``(T, n_embd)``, then freeze every quantizer."""
+        """Observe the head's float values on each input ``(T, n_embd)``, freeze every quantizer,
+        then fit :attr:`drop_bits` to ``lookup_bits`` on the same inputs."""
         if self.is_calibrated:
             raise RuntimeError("this head is already calibrated; make a new QuantizedHead to calibrate again")
-        count = 0
-        for x in inputs:
-            self(DualArray.calibration(self._check_input(x), self.quantizers["input"]))
-            count += 1
-        if count == 0:
+        inputs = [self._check_input(x) for x in inputs]
+        if not inputs:
             raise ValueError("calibrate needs at least one input, got none")
+        for x in inputs:
+            self(DualArray.calibration(x, self.quantizers["input"]))
         for quantizer in self.quantizers.values():
             quantizer.freeze()
+        self._observed = dict.fromkeys(PRODUCT_STEPS, 1)
+        try:
+            for x in inputs:
+                self.run(x)
+        finally:
+            self.product_bits, self._observed = self._observed, None
+        if self.lookup_bits is not None:
+            self.drop_bits = {name: max(0, bits - self.lookup_bits) for name, bits in self.product_bits.items()}
 
     def _check_input(self, x: np.ndarray) -> np.ndarray:
         x = check_float_data(x, "the head's input")
@@ -134,35 +183,55 @@ class QuantizedHead:
             raise ValueError(f"the head's input must have shape (T, {self.weights.n_embd}), got {x.shape}")
         return x
 
+    def _observe(self, name: str, value: DualArray) -> DualArray:
+        if self._observed is not None:
+            self._observed[name] = max(self._observed[name], value.bit_width())
+        return value
+
     # -- the computation, once -------------------------------------------------------------------
     def __call__(self, x: DualArray, record: list[tuple[str, DualArray]] | None = None) -> DualArray:
         """The head on a DualArray ``(T, n_embd)``: the clear, calibration and FHE code path alike.
 
         If ``record`` is a list, each intermediate DualArray is appended to it as ``(name, value)``.
         """
+        return self.attend(*self.project(x, record), record)
 
-        def keep_step(name: str, value: DualArray) -> DualArray:
-            if record is not None:
-                record.append((name, value))
-            return value
-
-        qz = self.quantizers
-        d = self.weights.head_dim
-        keep = causal_keep(x.shape[0])
+    def project(
+        self, x: DualArray, record: list[tuple[str, DualArray]] | None = None
+    ) -> tuple[DualArray, DualArray, DualArray]:
+        """``x (T, n_embd) -> q, k, v (T, d)``: the clear-weight part (the client's, in FHE)."""
+        keep_step = _recorder(record)
+        qz, d = self.quantizers, self.weights.head_dim
         keep_step("input", x)
         qkv = keep_step("qkv accumulator", x.linear(self.w_qkv, self.weights.b_qkv))  # (T, 3d)
         q = keep_step("q", qkv[:, :d].requantize(qz["q"]))  # (T, d)
         k = keep_step("k", qkv[:, d : 2 * d].requantize(qz["k"]))
         v = keep_step("v", qkv[:, 2 * d :].requantize(qz["v"]))
-        raw = keep_step("q @ k.T accumulator", (q @ k.transpose()) * self.weights.score_scale)  # (T, T)
-        scores = keep_step("scores", raw.requantize(qz["scores"]).lowest_where_not(keep))
-        shifted = keep_step("scores - row max", scores - scores.max(axis=-1, keepdims=True))  # <= 0
-        e = keep_step("exp", shifted.exp(qz["exp"]).zero_where_not(keep))
-        total = keep_step("row sum", e.sum(axis=-1, keepdims=True))  # (T, 1)
-        inverse_sum = keep_step("1 / row sum", total.reciprocal(qz["inverse_sum"]))
-        probs = keep_step("probs", (e * inverse_sum).requantize(qz["probs"]))  # (T, T)
-        mixed = keep_step("probs @ v accumulator", probs @ v)  # (T, d)
-        return keep_step("output", mixed.requantize(qz["output"]))
+        return q, k, v
+
+    def attend(
+        self, q: DualArray, k: DualArray, v: DualArray, record: list[tuple[str, DualArray]] | None = None
+    ) -> DualArray:
+        """``q, k, v (T, d) -> out (T, d)``: the part that mixes tokens, compiled to FHE in notebook 03."""
+        keep_step = _recorder(record)
+        qz, drop = self.quantizers, self.drop_bits
+        keep = causal_keep(q.shape[0])
+        with fhe.tag("scores"):
+            raw = q.matmul(k.transpose(), drop_bits=drop["scores"]) * self.weights.score_scale  # (T, T)
+            raw = keep_step("q @ k.T accumulator", self._observe("scores", raw))
+            scores = keep_step("scores", raw.requantize(qz["scores"]).lowest_where_not(keep))
+        with fhe.tag("softmax"):
+            shifted = keep_step("scores - row max", scores - scores.max(axis=-1, keepdims=True))  # <= 0
+            e = keep_step("exp", shifted.exp(qz["exp"]).zero_where_not(keep))
+            total = keep_step("row sum", e.sum(axis=-1, keepdims=True))  # (T, 1)
+            inverse_sum = keep_step("1 / row sum", total.reciprocal(qz["inverse_sum"]))
+            weighted = self._observe("probs", e.multiply(inverse_sum, drop_bits=drop["probs"]))
+            probs = keep_step("probs", weighted.requantize(qz["probs"]))  # (T, T)
+        with fhe.tag("mix"):
+            mixed = keep_step(
+                "probs @ v accumulator", self._observe("output", probs.matmul(v, drop_bits=drop["output"]))
+            )
+            return keep_step("output", mixed.requantize(qz["output"]))  # (T, d)
 
     def quantize_input(self, x: np.ndarray) -> DualArray:
         """The head's input as a DualArray under the frozen input quantizer."""
@@ -177,3 +246,14 @@ class QuantizedHead:
         record: list[tuple[str, DualArray]] = []
         self(self.quantize_input(x), record=record)
         return record
+
+
+def _recorder(record: list[tuple[str, DualArray]] | None):
+    """``keep_step(name, value)``: append ``(name, value)`` to ``record`` (if a list) and return ``value``."""
+
+    def keep_step(name: str, value: DualArray) -> DualArray:
+        if record is not None:
+            record.append((name, value))
+        return value
+
+    return keep_step

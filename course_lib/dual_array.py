@@ -260,37 +260,65 @@ class DualArray:
                 int_out = int_out + np.rint(b / scale).astype(np.int64)
         return self._new(float_out, int_out, scale=scale, zero_point=0)
 
-    def __matmul__(self, other: DualArray) -> DualArray:
-        """Product of two DualArrays (both encrypted in FHE: it costs PBS)."""
+    def matmul(self, other: DualArray, *, drop_bits: int = 0) -> DualArray:
+        """Product of two DualArrays ``(M, K) @ (K, N)``: both encrypted in FHE, two PBS per product.
+
+        Args:
+            other: the right operand.
+            drop_bits: divide every product by ``2**drop_bits`` inside its lookup tables
+                (rounded), so the sum of products is that many bits narrower; the scale
+                grows by the same factor. 0 is the exact product.
+        """
         self._check_same_mode(other, "matmul")
-        if self.shape[-1] != other.shape[-2 if other.ndim > 1 else 0]:
+        if self.ndim != 2 or other.ndim != 2:
+            raise ShapeMismatchError(
+                f"matmul of two DualArrays takes 2-D arrays (M, K) @ (K, N), got shapes {self.shape} and {other.shape}"
+            )
+        if self.shape[-1] != other.shape[-2]:
             raise ShapeMismatchError(
                 f"matmul: shapes {self.shape} and {other.shape} do not fit: the last axis of the first "
                 "must equal the second-to-last axis of the second"
             )
+        drop_bits = _check_drop_bits(drop_bits)
         float_out = None if self.float is None else self.float @ other.float
-        int_out = None if self.int is None else self._centered() @ other._centered()
-        scale = None if self.int is None else self.scale * other.scale
+        int_out = scale = None
+        if self.int is not None:
+            (m, k), n = self.shape, other.shape[1]
+            a3 = self._centered().reshape((m, k, 1))  # broadcast to (M, K, N)
+            b3 = other._centered().reshape((1, k, n))
+            int_out = np.sum(_encrypted_products(a3, b3, drop_bits), axis=1)  # (M, N)
+            scale = self.scale * other.scale * 2**drop_bits
+        return self._new(float_out, int_out, scale=scale, zero_point=0)
+
+    def __matmul__(self, other: DualArray) -> DualArray:
+        """``self.matmul(other)``: the exact product of two DualArrays."""
+        return self.matmul(other)
+
+    def multiply(self, other: DualArray, *, drop_bits: int = 0) -> DualArray:
+        """Elementwise product of two DualArrays (two PBS per product); ``drop_bits`` as in :meth:`matmul`."""
+        self._check_same_mode(other, "multiply")
+        _check_broadcast(self.shape, other.shape, "multiply")
+        drop_bits = _check_drop_bits(drop_bits)
+        float_out = None if self.float is None else self.float * other.float
+        int_out = scale = None
+        if self.int is not None:
+            int_out = _encrypted_products(self._centered(), other._centered(), drop_bits)
+            scale = self.scale * other.scale * 2**drop_bits
         return self._new(float_out, int_out, scale=scale, zero_point=0)
 
     def __mul__(self, other: DualArray | float | int) -> DualArray:
         """Elementwise product; by a real constant it only changes the scale (free in FHE)."""
-        if not isinstance(other, DualArray):
-            c = float(other)
-            if c <= 0 or not np.isfinite(c):
-                raise ValueError(f"multiply by a finite positive constant (it scales the scale), got {other!r}")
-            return self._new(
-                None if self.float is None else self.float * c,
-                self.int,
-                scale=None if self.int is None else self.scale * c,
-                params=None,
-            )
-        self._check_same_mode(other, "multiply")
-        _check_broadcast(self.shape, other.shape, "multiply")
-        float_out = None if self.float is None else self.float * other.float
-        int_out = None if self.int is None else self._centered() * other._centered()
-        scale = None if self.int is None else self.scale * other.scale
-        return self._new(float_out, int_out, scale=scale, zero_point=0)
+        if isinstance(other, DualArray):
+            return self.multiply(other)
+        c = float(other)
+        if c <= 0 or not np.isfinite(c):
+            raise ValueError(f"multiply by a finite positive constant (it scales the scale), got {other!r}")
+        return self._new(
+            None if self.float is None else self.float * c,
+            self.int,
+            scale=None if self.int is None else self.scale * c,
+            params=None,
+        )
 
     def _add(self, other: DualArray, sign: int) -> DualArray:
         op = "add" if sign > 0 else "subtract"
@@ -415,12 +443,32 @@ class DualArray:
             zero_point=0,
         )
 
-    def max(self, axis: int | None = None, keepdims: bool = False) -> DualArray:
-        """Maximum along ``axis``; the scale is positive, so the integers' max is the reals' max."""
+    def max(self, axis: int = -1, keepdims: bool = False) -> DualArray:
+        """Maximum along ``axis``, as a chain of pairwise maxima: one lookup per step.
+
+        ``max(a, b) = a + relu(b - a)``: the difference ``b - a`` goes through a
+        table (``relu``), the additions are free. A row of ``n`` values costs
+        ``n - 1`` lookups, each on integers one bit wider than the values. The
+        scale is positive, so the integers' maximum is the reals' maximum.
+        """
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise ShapeMismatchError(f"max: axis must be an integer (one axis), got {axis!r}")
         self._check_axis(axis, "max")
+        axis %= self.ndim
+        int_out = None
+        if self.int is not None:
+
+            def column(j: int) -> Any:
+                return self.int[(slice(None),) * axis + (slice(j, j + 1),)]
+
+            int_out = column(0)
+            for j in range(1, self.shape[axis]):
+                int_out = int_out + fhe.univariate(_relu)(column(j) - int_out)
+            if not keepdims:
+                int_out = int_out.reshape(self.shape[:axis] + self.shape[axis + 1 :])
         return self._new(
             None if self.float is None else np.max(self.float, axis=axis, keepdims=keepdims),
-            None if self.int is None else np.max(self.int, axis=axis, keepdims=keepdims),
+            int_out,
             params=self.params,
         )
 
@@ -459,6 +507,38 @@ class DualArray:
     def reciprocal(self, quantizer: Quantizer, *, round_lsbs: int = 0) -> DualArray:
         """``1 / x`` as a table lookup (entries where x = 0 saturate)."""
         return self.apply(_reciprocal, quantizer, round_lsbs=round_lsbs)
+
+
+def _check_drop_bits(drop_bits: int) -> int:
+    if isinstance(drop_bits, bool) or not isinstance(drop_bits, int | np.integer) or not 0 <= drop_bits <= 16:
+        raise ValueError(f"drop_bits must be an integer from 0 to 16, got {drop_bits!r}")
+    return int(drop_bits)
+
+
+def _encrypted_products(a: Any, b: Any, drop_bits: int) -> Any:
+    """``a * b / 2**drop_bits`` elementwise (broadcast) for two encrypted arrays, two lookups per product.
+
+    ``a * b = (a + b)**2 / 4 - (a - b)**2 / 4``, and with integers
+    ``floor(((a + b)**2 + 2) / 4) - floor(((a - b)**2 + 2) / 4)`` is exactly ``a * b``
+    (``a + b`` and ``a - b`` have the same parity). Each square is one table lookup.
+    With ``drop_bits = r > 0`` the tables divide by ``4 * 2**r`` (rounded), so each
+    product is ``a * b / 2**r`` within one unit.
+
+    Each product is formed on its own before any sum, so every intermediate value is
+    one the compiler sees in the inputset and sizes correctly. (concrete's own
+    encrypted matmul adds the squares up before subtracting and sizes that hidden sum
+    from the final result's range: it can wrap around.)
+    """
+    shift = 2 + drop_bits
+
+    def quarter_square(x: np.ndarray) -> np.ndarray:
+        return np.right_shift(x * x + (1 << (shift - 1)), shift)
+
+    return fhe.univariate(quarter_square)(a + b) - fhe.univariate(quarter_square)(a - b)
+
+
+def _relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0)
 
 
 def _identity(x: np.ndarray) -> np.ndarray:

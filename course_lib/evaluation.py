@@ -121,8 +121,12 @@ def sweep_topk_agreement(
     ks: Sequence[int] = DEFAULT_KS,
     progress: bool = True,
     reference: list | None = None,
+    lookup_bits: int | None = None,
 ) -> list[Agreement]:
     """Top-k agreement of the model with head ``head`` of layer ``layer`` quantized, for each n_bits.
+
+    ``lookup_bits`` is handed to each :class:`~course_lib.gpt2.SwappedHead` (the product
+    steps then drop bits, as the FHE circuit does; ``None``: exact products).
 
     For each n_bits a fresh quantized head is calibrated on ``calibration_prompts``
     and swapped in; the float model's predictions are computed once (or taken from
@@ -137,7 +141,7 @@ def sweep_topk_agreement(
         reference = float_top1(model, tokenizer, passages, progress)
     results = []
     for n_bits in tqdm(n_bits_list, desc="n_bits", disable=not progress, leave=False):
-        with SwappedHead(model, layer, head, n_bits=n_bits) as swap:
+        with SwappedHead(model, layer, head, n_bits=n_bits, lookup_bits=lookup_bits) as swap:
             swap.calibrate(tokenizer, calibration_prompts)
             swap.mode = "quantized"
             quantized = _predictions(model, tokenizer, passages, max(ks), f"{n_bits} bits", progress)

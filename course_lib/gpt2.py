@@ -13,12 +13,22 @@ change to transformers' code:
 Every other head, and everything else in the model, stays in float. The same
 works on the bundled ``course-gpt2`` and on OpenAI's ``gpt2``.
 
-Modes of the swapped head: ``"float"`` (the model untouched) and ``"quantized"``
-(clear integers).
+Modes of the swapped head:
+
+- ``"float"``: the model untouched;
+- ``"quantized"``: the quantized head on clear integers, any sequence length;
+- ``"simulate"``: the head's encrypted part (:meth:`QuantizedHead.attend`) run by concrete's
+  simulation of the compiled circuit (see :meth:`SwappedHead.compile`);
+- ``"execute"``: the same on real ciphertexts, locally or, if :attr:`SwappedHead.remote` is
+  set, on a server (:class:`course_lib.client.RemoteHead`).
+
+In the last two modes sequences are padded to the circuit's length, and longer ones are
+refused with an error naming that length.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -26,9 +36,10 @@ import torch
 
 from .attention import HeadWeights, QuantizedHead
 from .evaluation import encode_passage
+from .fhe import DEFAULT_LENGTH, HeadCircuit
 from .quantization import check_n_bits
 
-MODES: tuple[str, ...] = ("float", "quantized")
+MODES: tuple[str, ...] = ("float", "quantized", "simulate", "execute")
 
 
 def check_layer_head(model, layer: int, head: int) -> None:
@@ -84,13 +95,26 @@ class SwappedHead:
     Also usable as a context manager (``with SwappedHead(...) as swap:``).
     """
 
-    def __init__(self, model, layer: int = 0, head: int = 0, n_bits: int = 4, n_bits_weights: int | None = None):
+    def __init__(
+        self,
+        model,
+        layer: int = 0,
+        head: int = 0,
+        n_bits: int = 4,
+        n_bits_weights: int | None = None,
+        lookup_bits: int | None = None,
+    ):
         check_layer_head(model, layer, head)
         self.model = model
         self.layer, self.head_index = int(layer), int(head)
         self.n_bits = check_n_bits(n_bits)
-        self.head = QuantizedHead(head_weights(model, layer, head), self.n_bits, n_bits_weights)
+        self.head = QuantizedHead(head_weights(model, layer, head), self.n_bits, n_bits_weights, lookup_bits)
         self._mode = "float"
+        self.calibration_inputs: list[np.ndarray] = []
+        self.circuit: HeadCircuit | None = None
+        self.remote = None  # a course_lib.client.RemoteHead: "execute" then runs on that server
+        self.last_seconds: float | None = None  # time of the head's last run in simulate/execute mode
+        self.last_run = None  # details of the last execution: times (local) or RunStats (remote)
         self._x: torch.Tensor | None = None  # the attention input of the current forward pass
         self._captured: list[np.ndarray] | None = None
         attn = model.transformer.h[layer].attn
@@ -105,7 +129,7 @@ class SwappedHead:
     # -- mode ------------------------------------------------------------------------------------
     @property
     def mode(self) -> str:
-        """ "float" (the original head) or "quantized" (clear integers)."""
+        """One of :data:`MODES` (see the module's docstring)."""
         return self._mode
 
     @mode.setter
@@ -114,7 +138,20 @@ class SwappedHead:
             raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}, got {mode!r}")
         if mode != "float" and not self.head.is_calibrated:
             raise RuntimeError(f"calibrate the head before using mode {mode!r}: swap.calibrate(tokenizer, prompts)")
+        if mode in ("simulate", "execute") and self.circuit is None:
+            raise RuntimeError(f"compile the head before using mode {mode!r}: swap.compile()")
+        if mode == "execute" and self.remote is None and not self.circuit.circuit.keys.are_generated:
+            raise RuntimeError(
+                "mode 'execute' needs the circuit's keys: course_lib.keys.ensure_keys(swap.circuit.circuit)"
+            )
         self._mode = mode
+
+    def compile(self, length: int = DEFAULT_LENGTH, config=None) -> HeadCircuit:
+        """Compile the head's encrypted part for sequences of up to ``length`` tokens (kept in :attr:`circuit`)."""
+        if not self.head.is_calibrated:
+            raise RuntimeError("calibrate the head before compiling it: swap.calibrate(tokenizer, prompts)")
+        self.circuit = HeadCircuit(self.head, self.calibration_inputs, length, config)
+        return self.circuit
 
     # -- hooks -----------------------------------------------------------------------------------
     def _keep_input(self, module, args, kwargs):
@@ -136,11 +173,26 @@ class SwappedHead:
             return None
         merged = args[0]  # (1, T, n_embd): every head's output side by side
         x, self._x = self._x, None
-        out = self.head.run(x[0].detach().double().numpy()).dequantize()  # (T, d)
+        out = self._head_output(x[0].detach().double().numpy())  # (T, d)
         d = self.head.weights.head_dim
         merged = merged.clone()
         merged[0, :, self.head_index * d : (self.head_index + 1) * d] = torch.from_numpy(out).to(merged.dtype)
         return (merged, *args[1:])
+
+    def _head_output(self, x: np.ndarray) -> np.ndarray:
+        """The head's output ``(T, d)`` in reals, computed as the mode says."""
+        if self._mode == "quantized":
+            return self.head.run(x).dequantize()
+        start = time.perf_counter()
+        qkv = self.circuit.encode(x)  # the client's clear part, padded (too long: SequenceLengthError)
+        if self._mode == "simulate":
+            out = self.circuit.simulate(*qkv)
+        elif self.remote is not None:
+            out, self.last_run = self.remote.run(*qkv)
+        else:
+            out, self.last_run = self.circuit.timed_execute(*qkv)
+        self.last_seconds = time.perf_counter() - start
+        return self.circuit.dequantize(out, tokens=len(x))
 
     # -- calibration and inputs ----------------------------------------------------------------
     def attention_inputs(self, tokenizer, texts: Iterable[str]) -> list[np.ndarray]:
@@ -150,14 +202,20 @@ class SwappedHead:
         cut to the model's context.
         """
         context = self.model.config.n_positions
+        ids = []
+        for text in texts:
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"calibration texts must be non-empty strings, got {text!r}")
+            ids.append(torch.tensor([encode_passage(tokenizer, text, context)]))
+        return [self.attention_input(one) for one in ids]
+
+    def attention_input(self, ids: torch.Tensor) -> np.ndarray:
+        """The layer's attention input ``(T, n_embd)`` for token ids ``(1, T)``, read by the float model."""
         saved, self._mode, self._captured = self._mode, "float", []
         try:
             with torch.no_grad():
-                for text in texts:
-                    if not isinstance(text, str) or not text.strip():
-                        raise ValueError(f"calibration texts must be non-empty strings, got {text!r}")
-                    self.model(torch.tensor([encode_passage(tokenizer, text, context)]))
-            return self._captured
+                self.model(ids)
+            return self._captured[0]
         finally:
             self._mode, self._captured = saved, None
 
@@ -165,7 +223,8 @@ class SwappedHead:
         """Calibrate the quantized head on the attention inputs of ``prompts``, then freeze it."""
         if isinstance(prompts, str) or len(prompts) == 0:
             raise ValueError("calibrate needs a non-empty list of prompts")
-        self.head.calibrate(self.attention_inputs(tokenizer, prompts))
+        self.calibration_inputs = self.attention_inputs(tokenizer, prompts)
+        self.head.calibrate(self.calibration_inputs)
 
     # -- lifetime --------------------------------------------------------------------------------
     def remove(self) -> None:

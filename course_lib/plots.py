@@ -336,3 +336,28 @@ def plot_attention_heatmaps(
         fig.colorbar(image, ax=ax, shrink=0.8)
     axes[0].set_ylabel("token")
     return fig
+
+
+def plot_fhe_cost(
+    n_bits: Sequence[int], pbs: Sequence[int], seconds: Sequence[float], *, measured: tuple[int, float] | None = None
+) -> Figure:
+    """PBS count and run time of the encrypted head against ``n_bits``, side by side.
+
+    Args:
+        n_bits: the activation bits of each compiled circuit.
+        pbs: their PBS counts.
+        seconds: their run times (estimated from the compiler's complexity).
+        measured: ``(n_bits, seconds)`` of a real encrypted run, drawn as a star.
+    """
+    fig = Figure(figsize=(10, 3.4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    left.bar([str(b) for b in n_bits], pbs, color="tab:blue")
+    left.set(xlabel="n_bits", ylabel="PBS per run", title="PBS count: set by the shapes, not the bits")
+    for i, count in enumerate(pbs):
+        left.annotate(f"{count:,}", (i, count), ha="center", va="bottom", fontsize=9)
+    right.plot(n_bits, seconds, "o-", color="tab:red", label="estimated from the compiler's complexity")
+    if measured is not None:
+        right.plot(*measured, "*", color="black", markersize=14, label="measured (encrypted run above)")
+    right.set(xlabel="n_bits", ylabel="seconds per run (2 cores)", title="run time: set by the bits", yscale="log")
+    right.legend(fontsize=8)
+    return fig

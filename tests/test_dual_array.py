@@ -199,3 +199,51 @@ def test_same_code_compiles_and_simulation_equals_clear_integers():
         clear = tiny_attention(DualArray.quantize(x, qs["x"]), w, qs)
         np.testing.assert_array_equal(compiled.simulate(qs["x"].quantize(x)), clear.int)
         assert clear.error() < 1.0
+
+
+def test_products_of_two_dual_arrays_are_exact_and_drop_bits_on_request():
+    rng = np.random.default_rng(3)
+    qa, qb = calibrated([-1.0, 1.0], 4), calibrated([0.0, 2.0], 4)
+    a = DualArray.quantize(rng.uniform(-1, 1, size=(3, 5)), qa)
+    b = DualArray.quantize(rng.uniform(0, 2, size=(5, 4)), qb)
+    exact = a @ b
+    np.testing.assert_array_equal(exact.int, a._centered() @ b._centered())
+    assert exact.scale == pytest.approx(a.scale * b.scale)
+    dropped = a.matmul(b, drop_bits=3)
+    assert dropped.scale == pytest.approx(exact.scale * 8)
+    # each of the 5 products is off by at most one unit of 2**3: the sum by at most 5 units
+    assert np.max(np.abs(dropped.int * 8 - exact.int)) <= 5 * 8
+    assert dropped.bit_width() <= exact.bit_width() - 2
+    c = DualArray.quantize(rng.uniform(-1, 1, size=(3, 5)), qa)
+    np.testing.assert_array_equal((a * c).int, a._centered() * c._centered())
+    assert np.max(np.abs(a.multiply(c, drop_bits=2).int * 4 - (a * c).int)) <= 4
+
+
+def test_product_errors_say_what_is_allowed():
+    q = calibrated([0.0, 1.0], 4)
+    a = DualArray.quantize(np.ones((2, 3)), q)
+    with pytest.raises(ValueError, match="drop_bits must be an integer from 0 to 16"):
+        a.matmul(a.transpose(), drop_bits=-1)
+    with pytest.raises(ShapeMismatchError, match="2-D arrays"):
+        a.reshape(1, 2, 3) @ a.transpose()
+    with pytest.raises(ShapeMismatchError, match="do not fit"):
+        a @ a
+
+
+def test_max_is_a_chain_of_pairwise_maxima():
+    rng = np.random.default_rng(4)
+    q = calibrated([-1.0, 1.0], 4)
+    d = DualArray.quantize(rng.uniform(-1, 1, size=(3, 6)), q)
+    np.testing.assert_array_equal(d.max(axis=0).int, d.int.max(axis=0))
+    np.testing.assert_array_equal(d.max(axis=1, keepdims=True).int, d.int.max(axis=1, keepdims=True))
+    with pytest.raises(ShapeMismatchError, match="one axis"):
+        d.max(axis=None)
+
+    @fhe.compiler({"x": "encrypted"})
+    def row_max(x):
+        return DualArray.from_int(x, q.params).max(axis=-1).int
+
+    compiled = row_max.compile([q.quantize(rng.uniform(-1, 1, size=(3, 6))) for _ in range(10)])
+    assert compiled.programmable_bootstrap_count == 3 * 5  # n - 1 lookups per row
+    x = q.quantize(rng.uniform(-1, 1, size=(3, 6)))
+    np.testing.assert_array_equal(compiled.simulate(x), x.max(axis=-1))

@@ -121,7 +121,7 @@ def test_recording_lookups_restores_apply_and_skips_calibration():
     assert DualArray.apply is original
     fresh = QuantizedHead(head.weights, 4)
     with recording_lookups() as lookups:
-        fresh.calibrate([x])  # floats only: no lookup is made
+        fresh(DualArray.calibration(x, fresh.quantizers["input"]))  # floats only: no lookup is made
     assert lookups == [] and DualArray.apply is original
 
 

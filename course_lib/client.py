@@ -1,0 +1,200 @@
+"""The client side of the split: it keeps the secret key, encrypts, sends, receives, decrypts.
+
+>>> with ServerProcess(circuit) as server:                       # doctest: +SKIP
+...     with RemoteHead(server.url, circuit) as remote:          # uploads the evaluation keys once
+...         out, stats = remote.run(*circuit.encode(x))          # ciphertexts both ways
+...         print(stats)
+
+What crosses the connection, and only that: the *evaluation* keys (once per session)
+and ciphertexts. :attr:`RemoteHead.sent` keeps every request body, so a test can
+check that no secret key is among them.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import requests
+from concrete import fhe
+
+from .fhe import HeadCircuit
+from .transport import pack, unpack
+
+#: Seconds to wait for a server to answer a connection attempt (runs may take much longer).
+CONNECT_TIMEOUT = 3.0
+
+
+class ServerError(RuntimeError):
+    """The server refused a request; the message is the server's explanation."""
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """One remote run, seen from the client.
+
+    Attributes:
+        bytes_sent: the ciphertexts' bytes (framed) sent to the server.
+        bytes_received: the encrypted result's bytes.
+        encrypt_seconds: client time to encrypt.
+        server_seconds: wall time from sending to receiving (network and FHE run).
+        decrypt_seconds: client time to decrypt.
+    """
+
+    bytes_sent: int
+    bytes_received: int
+    encrypt_seconds: float
+    server_seconds: float
+    decrypt_seconds: float
+
+    def __str__(self) -> str:
+        return (
+            f"sent {self.bytes_sent / 1e6:,.1f} MB, received {self.bytes_received / 1e6:,.1f} MB; "
+            f"encrypting took {self.encrypt_seconds:.2f} s, the server round trip took {self.server_seconds:.1f} s, "
+            f"decrypting took {self.decrypt_seconds:.2f} s"
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ServerProcess:
+    """``python -m course_lib.server`` on localhost, in a child process, serving ``circuit``.
+
+    Args:
+        circuit: the compiled head; only its server artifact is written for the server.
+        folder: where to write the artifact (default: a temporary folder).
+        port: the port (default: a free one).
+        startup_timeout: seconds to wait for the server to answer ``/health``.
+    """
+
+    def __init__(
+        self, circuit: HeadCircuit, folder: str | Path | None = None, port: int | None = None, startup_timeout=60.0
+    ):
+        self._tmp = tempfile.TemporaryDirectory(prefix="course-server-") if folder is None else None
+        self.folder = Path(folder) if folder is not None else Path(self._tmp.name)
+        circuit.save_server(self.folder)
+        self.port = port or _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.folder / "server.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        command = [sys.executable, "-m", "course_lib.server", "--artifacts", str(self.folder), "--port", str(self.port)]
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if self.process.poll() is not None:
+                self.stop()
+                code = self.process.returncode
+                raise ServerError(f"the server exited at start-up (code {code}); see {self.log_path}")
+            try:
+                if requests.get(f"{self.url}/health", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerError(f"the server did not answer within {startup_timeout:.0f} s; see {self.log_path}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Terminate the server (and wait for it)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+class RemoteHead:
+    """A session with a head server: the circuit's keys stay here, ciphertexts go there.
+
+    Args:
+        url: the server's base URL.
+        circuit: the same compiled head the server runs, with its keys generated or loaded
+            (:func:`course_lib.keys.ensure_keys`).
+    """
+
+    def __init__(self, url: str, circuit: HeadCircuit) -> None:
+        if not circuit.circuit.keys.are_generated:
+            raise RuntimeError("the circuit has no keys: call course_lib.keys.ensure_keys(circuit.circuit) first")
+        self.url = url.rstrip("/")
+        self.circuit = circuit
+        self.sent: list[bytes] = []  # every request body, for inspection
+        info = self._request("get", "/circuit").json()
+        if info["fingerprint"] != circuit.fingerprint:
+            raise ServerError(
+                f"the server runs circuit {info['fingerprint']} (length {info['length']}), this client has "
+                f"{circuit.fingerprint} (length {circuit.length}): start the server with this circuit"
+            )
+        keys = pack([circuit.circuit.keys.evaluation.serialize()])
+        self.evaluation_key_bytes = len(keys)
+        self.session = self._request("post", "/sessions", keys).json()["session"]
+
+    def _request(self, method: str, path: str, body: bytes | None = None) -> requests.Response:
+        if body is not None:
+            self.sent.append(body)
+        try:
+            response = requests.request(method, self.url + path, data=body, timeout=(CONNECT_TIMEOUT, None))
+        except requests.ConnectionError as error:
+            raise ServerError(f"cannot reach the server at {self.url}: {error}") from None
+        if not response.ok:
+            try:
+                detail = response.json()["detail"]
+            except (ValueError, KeyError):
+                detail = response.text
+            raise ServerError(f"the server answered {response.status_code}: {detail}")
+        return response
+
+    def send(self, message: bytes) -> bytes:
+        """POST an already framed message to this session's run endpoint; the raw answer."""
+        return self._request("post", f"/sessions/{self.session}/run", message).content
+
+    def run(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, RunStats]:
+        """Encrypt ``q, k, v`` here, run the head on the server, decrypt here."""
+        padded = self.circuit.prepare(q, k, v)  # shape and range checked before encryption
+        start = time.perf_counter()
+        encrypted = self.circuit.circuit.encrypt(*padded)
+        message = pack([value.serialize() for value in encrypted])
+        encrypt_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        answer = self.send(message)
+        server_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        (result,) = unpack(answer, expected_parts=1)
+        out = np.asarray(self.circuit.circuit.decrypt(fhe.Value.deserialize(result)))
+        decrypt_seconds = time.perf_counter() - start
+        return out, RunStats(len(message), len(answer), encrypt_seconds, server_seconds, decrypt_seconds)
+
+    def close(self) -> None:
+        """End the session (the server forgets the evaluation keys)."""
+        if self.session is not None:
+            try:
+                self._request("delete", f"/sessions/{self.session}")
+            finally:
+                self.session = None
+
+    def __enter__(self) -> RemoteHead:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,134 @@
+"""Exercises of notebook 03 (the head compiled to FHE): their checks and reference solutions.
+
+1. :func:`check_pbs_count`: how many programmable bootstraps the encrypted part makes.
+2. :func:`check_ciphertext_bytes`: how many bytes one encrypted integer weighs.
+3. :func:`check_costliest_step`: which step of the head pays for most of the PBS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..fhe import CircuitSummary
+from . import Feedback, correct, not_attempted, wrong
+
+# ---------------------------------------------------------------------- exercise 1
+#: (tokens T, head dimension d) pairs on which an answer to exercise 1 is checked.
+EX1_CASES: tuple[tuple[int, int], ...] = ((2, 4), (4, 32), (3, 8), (6, 32), (8, 64), (16, 64))
+
+
+def solution_pbs_count(T: int, head_dim: int) -> int:  # noqa: N803 (T as in the notebook)
+    """PBS of :meth:`QuantizedHead.attend` on ``T`` tokens of dimension ``head_dim``.
+
+    Every product of two encrypted numbers is two lookups (two squares); every other
+    lookup is one PBS per element.
+    """
+    scores = 2 * T * T * head_dim + T * T  # q @ k.T products, then the scores lookup
+    row_max = T * (T - 1)  # a chain of T - 1 pairwise maxima per row
+    softmax = T * T + T + 2 * T * T + T * T  # exp, 1 / row sum, exp * (1/sum) products, probs lookup
+    mix = 2 * T * T * head_dim + T * head_dim  # probs @ v products, then the output lookup
+    return scores + row_max + softmax + mix
+
+
+def feedback_pbs_count(answer: object, compiled: dict[tuple[int, int], int] | None = None) -> Feedback:
+    """Judge ``answer``: a function ``(T, head_dim) -> PBS count`` of the encrypted part.
+
+    ``compiled`` maps some ``(T, head_dim)`` to the compiler's own count; the reference
+    formula is checked against them too.
+    """
+    if answer is None:
+        return not_attempted("define `pbs(T, head_dim)` returning the PBS count of the encrypted part.")
+    if not callable(answer):
+        return wrong(f"`pbs` must be a function of (T, head_dim), got {type(answer).__name__}.")
+    fn: Callable[[int, int], object] = answer
+    for (tokens, head_dim), count in (compiled or {}).items():
+        assert solution_pbs_count(tokens, head_dim) == count, "the reference formula disagrees with the compiler"
+    for tokens, head_dim in EX1_CASES:
+        try:
+            got = fn(tokens, head_dim)
+        except Exception as error:  # the learner's error is feedback, not a crash
+            return wrong(f"pbs({tokens}, {head_dim}) raised {type(error).__name__}: {error}")
+        if isinstance(got, bool) or not isinstance(got, int | np.integer | float | np.floating) or got != round(got):
+            return wrong(f"pbs({tokens}, {head_dim}) returned {got!r}: give a whole number.")
+        expected = solution_pbs_count(tokens, head_dim)
+        if int(got) == expected:
+            continue
+        half = expected - _product_pbs(tokens, head_dim) // 2
+        if int(got) == half:
+            return wrong("a product of two ciphertexts is two lookups, (a+b)^2/4 and (a-b)^2/4: count both squares.")
+        if int(got) == expected - tokens * (tokens - 1):
+            return wrong("the row maximum is not free: each of the T - 1 steps of a row's max chain is one lookup.")
+        return wrong(
+            f"pbs({tokens}, {head_dim}) = {int(got):,}, the compiler counts {expected:,}. Go through the steps: "
+            "two matmuls of encrypted operands, the row max, the softmax's lookups and product, two requantizations."
+        )
+    return correct("4 T^2 d + 6 T^2 + T d: the two encrypted matmuls dominate, and they grow as T^2.")
+
+
+def _product_pbs(T: int, head_dim: int) -> int:  # noqa: N803
+    """PBS spent on products (two per product): the two matmuls and the softmax's elementwise product."""
+    return 2 * (2 * T * T * head_dim + T * T)
+
+
+def check_pbs_count(answer: object, compiled: dict[tuple[int, int], int] | None = None) -> None:
+    """Print the feedback on exercise 1."""
+    print(feedback_pbs_count(answer, compiled))
+
+
+# ---------------------------------------------------------------------- exercise 2
+def solution_ciphertext_bytes(summary: CircuitSummary, head_dim: int) -> float:
+    """Bytes of one encrypted integer: the input ciphertexts' size over the number of input integers."""
+    return summary.input_bytes / (3 * summary.length * head_dim)
+
+
+def feedback_ciphertext_bytes(answer: object, summary: CircuitSummary, head_dim: int) -> Feedback:
+    """Judge ``answer``: the bytes of one encrypted input integer (within 1%)."""
+    if answer is None:
+        return not_attempted("set `bytes_per_integer` to the size of one encrypted integer, in bytes.")
+    if isinstance(answer, bool) or not isinstance(answer, int | float | np.integer | np.floating):
+        return wrong(f"give a number of bytes, got {type(answer).__name__}.")
+    expected = solution_ciphertext_bytes(summary, head_dim)
+    if abs(answer - expected) <= 0.01 * expected:
+        return correct(
+            f"{expected / 1e3:,.1f} kB for a {summary.n_bits}-bit number: an LWE ciphertext is a vector of "
+            "64-bit integers, thousands of them, whatever the few bits it hides."
+        )
+    if abs(answer - expected * 3) <= 0.01 * expected * 3:
+        return wrong("the circuit has three inputs, q, k and v: divide by all their integers.")
+    if abs(answer - summary.input_bytes) <= 0.01 * summary.input_bytes:
+        return wrong("that is the whole input; divide by the number of integers in it (3 arrays of length x head_dim).")
+    return wrong(f"{answer:,.0f} bytes is not it: start from `summary.input_bytes` and count the input integers.")
+
+
+def check_ciphertext_bytes(answer: object, summary: CircuitSummary, head_dim: int) -> None:
+    """Print the feedback on exercise 2."""
+    print(feedback_ciphertext_bytes(answer, summary, head_dim))
+
+
+# ---------------------------------------------------------------------- exercise 3
+def solution_costliest_step(summary: CircuitSummary) -> str:
+    """The step with the most PBS in ``summary.pbs_per_step``."""
+    return max(summary.pbs_per_step, key=summary.pbs_per_step.get)
+
+
+def feedback_costliest_step(answer: object, summary: CircuitSummary) -> Feedback:
+    """Judge ``answer``: the name of the step (a key of ``pbs_per_step``) with the most PBS."""
+    if answer is None:
+        return not_attempted("set `costliest` to a step name, one of " + ", ".join(map(repr, summary.pbs_per_step)))
+    if answer not in summary.pbs_per_step:
+        return wrong(f"{answer!r} is not a step; the steps are " + ", ".join(map(repr, summary.pbs_per_step)) + ".")
+    expected = solution_costliest_step(summary)
+    if answer == expected:
+        share = summary.pbs_per_step[expected] / summary.pbs_count
+        return correct(f"{share:.0%} of the PBS: its products of two ciphertexts, T x T x head_dim of them.")
+    return wrong(
+        f"{answer!r} makes {summary.pbs_per_step[answer]:,} PBS; look for the step with the most "
+        "(the softmax has many lookups, but each on one value per score, not per score and dimension)."
+    )
+
+
+def check_costliest_step(answer: object, summary: CircuitSummary) -> None:
+    """Print the feedback on exercise 3."""
+    print(feedback_costliest_step(answer, summary))

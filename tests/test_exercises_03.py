@@ -1,0 +1,73 @@
+"""Notebook 03's exercises: the reference solutions are right (against the compiler), wrong answers get hints."""
+
+import numpy as np
+import pytest
+
+from course_lib.attention import HeadWeights, QuantizedHead
+from course_lib.exercises.nb03 import (
+    feedback_ciphertext_bytes,
+    feedback_costliest_step,
+    feedback_pbs_count,
+    solution_ciphertext_bytes,
+    solution_costliest_step,
+    solution_pbs_count,
+)
+from course_lib.fhe import HeadCircuit
+
+
+def compiled(tokens, head_dim, seed=0):
+    rng = np.random.default_rng(seed)
+    head = QuantizedHead(HeadWeights.random(8, head_dim, seed=seed), 4, lookup_bits=5)
+    inputs = [rng.normal(size=(int(rng.integers(1, 7)), 8)) for _ in range(8)]
+    head.calibrate(inputs)
+    return HeadCircuit(head, inputs, length=tokens)
+
+
+@pytest.fixture(scope="module")
+def circuits():
+    return {(t, d): compiled(t, d) for t, d in ((2, 4), (3, 4), (4, 8))}
+
+
+def test_pbs_formula_is_the_compilers_count(circuits):
+    for (tokens, head_dim), circuit in circuits.items():
+        assert solution_pbs_count(tokens, head_dim) == circuit.summary().pbs_count
+    counts = {case: c.summary().pbs_count for case, c in circuits.items()}
+    assert feedback_pbs_count(solution_pbs_count, counts).correct
+
+
+def test_pbs_count_feedback_for_usual_slips():
+    assert feedback_pbs_count(None).status == "not attempted"
+    assert "function" in feedback_pbs_count(12).message
+
+    def one_pbs_per_product(t, d):
+        return solution_pbs_count(t, d) - (2 * t * t * d + t * t)
+
+    assert "two lookups" in feedback_pbs_count(one_pbs_per_product).message
+    assert "max chain" in feedback_pbs_count(lambda t, d: solution_pbs_count(t, d) - t * (t - 1)).message
+    assert "raised ZeroDivisionError" in feedback_pbs_count(lambda t, d: 1 / 0).message
+    assert "whole number" in feedback_pbs_count(lambda t, d: 1.5).message
+    assert not feedback_pbs_count(lambda t, d: 4 * t * t * d).correct
+
+
+def test_ciphertext_bytes(circuits):
+    circuit = circuits[3, 4]
+    summary = circuit.summary()
+    expected = solution_ciphertext_bytes(summary, 4)
+    assert expected == summary.input_bytes / (3 * 3 * 4)
+    assert feedback_ciphertext_bytes(expected * 1.005, summary, 4).correct
+    assert feedback_ciphertext_bytes(None, summary, 4).status == "not attempted"
+    assert "three inputs" in feedback_ciphertext_bytes(expected * 3, summary, 4).message
+    assert "whole input" in feedback_ciphertext_bytes(float(summary.input_bytes), summary, 4).message
+    assert "number of bytes" in feedback_ciphertext_bytes("10 kB", summary, 4).message
+    assert not feedback_ciphertext_bytes(expected / 2, summary, 4).correct
+
+
+def test_costliest_step(circuits):
+    summary = circuits[4, 8].summary()
+    best = solution_costliest_step(summary)
+    assert summary.pbs_per_step[best] == max(summary.pbs_per_step.values())
+    assert feedback_costliest_step(best, summary).correct
+    assert feedback_costliest_step(None, summary).status == "not attempted"
+    assert "not a step" in feedback_costliest_step("attention", summary).message
+    other = next(step for step in summary.pbs_per_step if step != best)
+    assert not feedback_costliest_step(other, summary).correct
