@@ -23,6 +23,7 @@ from pathlib import Path
 
 from concrete import fhe
 from fastapi import FastAPI, HTTPException, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from .transport import TransportError, pack, unpack
 
@@ -52,7 +53,7 @@ def create_app(artifacts: str | Path) -> FastAPI:
         body = await request.body()
         try:
             (key_bytes,) = unpack(body, expected_parts=1)
-            keys = fhe.EvaluationKeys.deserialize(key_bytes)
+            keys = await run_in_threadpool(fhe.EvaluationKeys.deserialize, key_bytes)
         except TransportError as error:
             raise HTTPException(400, f"the evaluation keys could not be read: {error}") from None
         except RuntimeError as error:
@@ -83,7 +84,8 @@ def create_app(artifacts: str | Path) -> FastAPI:
         except RuntimeError as error:
             raise HTTPException(400, f"these bytes are not ciphertexts concrete can read: {error}") from None
         try:
-            result = server.run(*args, evaluation_keys=keys)
+            # minutes of work: in a worker thread, so that the server keeps answering meanwhile
+            result = await run_in_threadpool(server.run, *args, evaluation_keys=keys)
         except RuntimeError as error:
             raise HTTPException(
                 422,
