@@ -34,9 +34,11 @@ The head splits in two where FHE wants it split (notebook 03):
 A lookup's table has one entry per possible input integer, and in FHE its cost grows
 steeply with the input's bit width. With ``lookup_bits`` set, each product step
 (``q @ k.T``, ``exp * 1/sum``, ``probs @ v``) divides its products by a power of two
-inside its own square tables (``drop_bits``), so that the next lookup reads at most
-``lookup_bits`` bits. The powers of two are fitted on the calibration data, after
-the quantizers freeze.
+inside its own square tables (``drop_bits``), so that on the calibration data the sum
+the next lookup reads is at most ``lookup_bits`` bits wide. Other values of the circuit
+(the square tables' inputs, the rounded sums on new data) can be a bit wider: the
+compiled circuit's summary gives its real widest integer. The powers of two are fitted
+after the quantizers freeze.
 """
 
 from __future__ import annotations
@@ -120,8 +122,8 @@ class QuantizedHead:
         n_bits: bits of every activation quantizer (2 to 16).
         n_bits_weights: bits of the clear weights (default: ``max(n_bits, 8)``; weights
             are not encrypted, so their bits cost nothing in PBS but set the accumulators' size).
-        lookup_bits: if set, the product steps drop low bits so that no lookup of
-            :meth:`attend` reads more than this many bits (``None``: exact products).
+        lookup_bits: if set, the product steps drop low bits so that each sum of products
+            is at most this many bits wide on the calibration data (``None``: exact products).
 
     Attributes:
         quantizers: one :class:`Quantizer` per step, named as in :data:`HEAD_QUANTIZERS`.
@@ -141,8 +143,8 @@ class QuantizedHead:
             lookup_bits = check_n_bits(lookup_bits)
             if lookup_bits < self.n_bits:
                 raise ValueError(
-                    f"lookup_bits ({lookup_bits}) must be at least n_bits ({self.n_bits}): a sum of "
-                    f"{self.n_bits}-bit products cannot hold fewer bits than its terms"
+                    f"lookup_bits ({lookup_bits}) must be at least n_bits ({self.n_bits}): the sums of products "
+                    f"cannot be narrower than the {self.n_bits}-bit values they are made of"
                 )
         self.lookup_bits = lookup_bits
         self.w_qkv = QuantizedWeights.from_float(weights.w_qkv, self.n_bits_weights)

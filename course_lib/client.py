@@ -98,7 +98,7 @@ class ServerProcess:
             try:
                 if requests.get(f"{self.url}/health", timeout=1).ok:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not up yet (refused, or too slow to answer)
                 pass
             if time.monotonic() > deadline:
                 self.stop()
@@ -106,7 +106,7 @@ class ServerProcess:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        """Terminate the server (and wait for it)."""
+        """Terminate the server (and wait for it), then remove its temporary folder if it made one."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -115,14 +115,15 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
     def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()
 
 
 class RemoteHead:

@@ -81,11 +81,11 @@ class CircuitSummary:
         length: the compiled sequence length.
         max_bit_width: the widest encrypted integer in the circuit.
         pbs_count: programmable bootstraps per run.
-        pbs_per_step: the same, split by step of the head (``qkv``, ``scores``, ``softmax``, ``mix``).
+        pbs_per_step: the same, split by step of the head (``scores``, ``softmax``, ``mix``).
         complexity: the compiler's cost estimate of one run (arbitrary units, comparable between circuits).
         evaluation_key_bytes: size of the keys the server needs (bootstrap and key-switch keys), as the
             compiler counts them, before compression (the serialized size: :class:`course_lib.keys.KeyReport`).
-        input_bytes: size of one encrypted input (the whole ``(length, n_embd)`` array).
+        input_bytes: size of one encrypted input (q, k and v, each ``(length, head_dim)``).
         output_bytes: size of one encrypted output.
         compile_seconds: wall time of the compilation.
     """
@@ -323,7 +323,7 @@ class HeadCircuit:
         if not self.circuit.keys.are_generated:
             raise RuntimeError(
                 "this circuit has no keys yet: generate or load them first with "
-                "course_lib.keys.ensure_keys(circuit) (execute needs them, simulate does not)"
+                "course_lib.keys.ensure_keys(head_circuit.circuit) (execute needs them, simulate does not)"
             )
         times = {}
         start = time.perf_counter()

@@ -3,14 +3,16 @@
 It loads a server artifact (the compiled circuit, see :meth:`HeadCircuit.save_server
 <course_lib.fhe.HeadCircuit.save_server>`), receives each client's *evaluation* keys once
 (``POST /sessions``), then ciphertexts (``POST /sessions/{id}/run``), and returns
-ciphertexts. It imports nothing that can generate or read secret keys.
+ciphertexts. It never receives, generates or uses a secret key (it calls only
+``fhe.Server``, ``fhe.EvaluationKeys`` and ``fhe.Value``).
 
 Run it with ``python -m course_lib.server --artifacts DIR --port 8000`` (FastAPI on
 uvicorn); :class:`course_lib.client.ServerProcess` does that for the notebooks.
 
 Errors are answered in JSON with a ``detail`` message: 400 for bytes that cannot be read
 (damaged, truncated, not keys, not ciphertexts), 404 for an unknown session, 422 for
-ciphertexts that do not fit the circuit (another sequence length, another circuit).
+ciphertexts the circuit refuses to run (e.g. another sequence length; ciphertexts of another
+circuit of the same shapes cannot be told apart and decrypt to wrong numbers).
 """
 
 from __future__ import annotations

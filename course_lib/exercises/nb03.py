@@ -44,13 +44,15 @@ def feedback_pbs_count(answer: object, compiled: dict[tuple[int, int], int] | No
         return wrong(f"`pbs` must be a function of (T, head_dim), got {type(answer).__name__}.")
     fn: Callable[[int, int], object] = answer
     for (tokens, head_dim), count in (compiled or {}).items():
-        assert solution_pbs_count(tokens, head_dim) == count, "the reference formula disagrees with the compiler"
+        if solution_pbs_count(tokens, head_dim) != count:
+            raise RuntimeError(f"the reference formula disagrees with the compiler at T={tokens}, d={head_dim}")
     for tokens, head_dim in EX1_CASES:
         try:
             got = fn(tokens, head_dim)
         except Exception as error:  # the learner's error is feedback, not a crash
             return wrong(f"pbs({tokens}, {head_dim}) raised {type(error).__name__}: {error}")
-        if isinstance(got, bool) or not isinstance(got, int | np.integer | float | np.floating) or got != round(got):
+        is_number = isinstance(got, int | np.integer | float | np.floating) and not isinstance(got, bool)
+        if not is_number or not np.isfinite(got) or got != round(got):
             return wrong(f"pbs({tokens}, {head_dim}) returned {got!r}: give a whole number.")
         expected = solution_pbs_count(tokens, head_dim)
         if int(got) == expected:
@@ -117,7 +119,7 @@ def feedback_costliest_step(answer: object, summary: CircuitSummary) -> Feedback
     """Judge ``answer``: the name of the step (a key of ``pbs_per_step``) with the most PBS."""
     if answer is None:
         return not_attempted("set `costliest` to a step name, one of " + ", ".join(map(repr, summary.pbs_per_step)))
-    if answer not in summary.pbs_per_step:
+    if not isinstance(answer, str) or answer not in summary.pbs_per_step:
         return wrong(f"{answer!r} is not a step; the steps are " + ", ".join(map(repr, summary.pbs_per_step)) + ".")
     expected = solution_costliest_step(summary)
     if answer == expected:
