@@ -11,11 +11,12 @@ with the head removed altogether (its output set to 0): the floor any quantized 
 beat. It prints a table and writes benchmarks/results/single_head_topk.json. Options choose the head
 (``--layer``, ``--head``), the number of passages (``--limit``), the bits (``--n-bits``),
 the rounding of the FHE circuit's product steps (``--lookup-bits``, as in notebook 03; the
-clear head then computes exactly the integers of the circuit's simulation) and the model
-(``--model``, default ``$COURSE_MODEL`` or the bundled ``course-gpt2``). The agreement of
-notebook 03's default circuit on every passage:
+clear head then computes exactly the integers of the circuit's simulation), the head's
+construction (``--design``: ``published`` or ``fast``, see ``course_lib.fast_attention``) and
+the model (``--model``, default ``$COURSE_MODEL`` or the bundled ``course-gpt2``). The agreement
+of the course's default circuit (notebooks 03 and 04) on every passage:
 
-    .venv/bin/python benchmarks/single_head_topk.py --n-bits 4 --lookup-bits 7 \
+    .venv/bin/python benchmarks/single_head_topk.py --n-bits 4 --lookup-bits 6 --design fast \
         --out benchmarks/results/single_head_topk_fhe_default.json
 """
 
@@ -48,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--lookup-bits", type=int, default=None, help="round product steps to this many bits (default: exact)"
+    )
+    parser.add_argument(
+        "--design",
+        default="published",
+        choices=["published", "fast"],
+        help="the head's construction (default: %(default)s)",
     )
     parser.add_argument("--model", default=None, help="course-gpt2 or gpt2 (default: $COURSE_MODEL or course-gpt2)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output (default: %(default)s)")
@@ -87,14 +94,24 @@ def main(argv: list[str] | None = None) -> None:
     calibration = load_calibration_prompts()
     print(
         f"model {name}: layer {args.layer}, head {args.head}; {len(passages)} evaluation passages, "
-        f"{len(calibration)} calibration prompts; n_bits {args.n_bits}, lookup_bits {args.lookup_bits}",
+        f"{len(calibration)} calibration prompts; n_bits {args.n_bits}, lookup_bits {args.lookup_bits}, "
+        f"design {args.design}",
         flush=True,
     )
     start = time.perf_counter()
     reference = float_top1(model, tokenizer, passages)
     results = sweep_topk_agreement(
-        model, tokenizer, passages, calibration, args.n_bits, layer=args.layer, head=args.head, progress=False,
-        reference=reference, lookup_bits=args.lookup_bits,
+        model,
+        tokenizer,
+        passages,
+        calibration,
+        args.n_bits,
+        layer=args.layer,
+        head=args.head,
+        progress=False,
+        reference=reference,
+        lookup_bits=args.lookup_bits,
+        design=args.design,
     )
     removed = head_removed_agreement(model, tokenizer, passages, layer=args.layer, head=args.head, reference=reference)
     seconds = time.perf_counter() - start
@@ -106,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         "layer": args.layer,
         "head": args.head,
         "lookup_bits": args.lookup_bits,
+        "design": args.design,
         "passages": len(passages),
         "calibration_prompts": len(calibration),
         "seconds": round(seconds, 1),

@@ -126,12 +126,19 @@ class QuantizedHead:
             is at most this many bits wide on the calibration data (``None``: exact products).
 
     Attributes:
-        quantizers: one :class:`Quantizer` per step, named as in :data:`HEAD_QUANTIZERS`.
-        drop_bits: bits each product step drops (named as in :data:`PRODUCT_STEPS`),
+        quantizers: one :class:`Quantizer` per step, named as in :attr:`quantizer_names`.
+        drop_bits: bits each product step drops (named as in :attr:`product_steps`),
             fitted by :meth:`calibrate`; all 0 when ``lookup_bits`` is None.
         product_bits: the widest sum each product step gave on the calibration data
             with exact products (filled by :meth:`calibrate`).
     """
+
+    #: The head's quantizers, in the order the data meets them.
+    quantizer_names: tuple[str, ...] = HEAD_QUANTIZERS
+    #: The product steps of the encrypted part, named by what reads their sums.
+    product_steps: tuple[str, ...] = PRODUCT_STEPS
+    #: How :mod:`course_lib.fast_attention` and the benchmarks name this construction.
+    design = "published"
 
     def __init__(
         self, weights: HeadWeights, n_bits: int, n_bits_weights: int | None = None, lookup_bits: int | None = None
@@ -148,8 +155,10 @@ class QuantizedHead:
                 )
         self.lookup_bits = lookup_bits
         self.w_qkv = QuantizedWeights.from_float(weights.w_qkv, self.n_bits_weights)
-        self.quantizers: dict[str, Quantizer] = {name: Quantizer(self.n_bits, name=name) for name in HEAD_QUANTIZERS}
-        self.drop_bits: dict[str, int] = dict.fromkeys(PRODUCT_STEPS, 0)
+        self.quantizers: dict[str, Quantizer] = {
+            name: Quantizer(self.n_bits, name=name) for name in self.quantizer_names
+        }
+        self.drop_bits: dict[str, int] = dict.fromkeys(self.product_steps, 0)
         self.product_bits: dict[str, int] = {}
         self._observed: dict[str, int] | None = None  # set while fitting drop_bits
 
@@ -170,7 +179,7 @@ class QuantizedHead:
             self(DualArray.calibration(x, self.quantizers["input"]))
         for quantizer in self.quantizers.values():
             quantizer.freeze()
-        self._observed = dict.fromkeys(PRODUCT_STEPS, 1)
+        self._observed = dict.fromkeys(self.product_steps, 1)
         try:
             for x in inputs:
                 self.run(x)

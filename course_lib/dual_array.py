@@ -106,7 +106,7 @@ class DualArray:
     (integers only, e.g. an encrypted input while tracing).
     """
 
-    __slots__ = ("float", "int", "scale", "zero_point", "params", "calibrating")
+    __slots__ = ("float", "int", "scale", "zero_point", "params", "calibrating", "squares")
 
     def __init__(
         self,
@@ -130,6 +130,7 @@ class DualArray:
         self.zero_point = zero_point
         self.params = params  # set when the integers come straight out of a quantizer
         self.calibrating = calibrating
+        self.squares: tuple[int, int, Any] | None = None  # (drop_bits, offset, squares): see with_squares
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -295,16 +296,56 @@ class DualArray:
         return self.matmul(other)
 
     def multiply(self, other: DualArray, *, drop_bits: int = 0) -> DualArray:
-        """Elementwise product of two DualArrays (two PBS per product); ``drop_bits`` as in :meth:`matmul`."""
+        """Elementwise product of two DualArrays; ``drop_bits`` as in :meth:`matmul`.
+
+        Two PBS per product in general. One PBS per product when both operands carry
+        their squares at the same ``drop_bits`` (see :meth:`with_squares`).
+        """
         self._check_same_mode(other, "multiply")
         _check_broadcast(self.shape, other.shape, "multiply")
         drop_bits = _check_drop_bits(drop_bits)
         float_out = None if self.float is None else self.float * other.float
         int_out = scale = None
+        shared = self.squares is not None and other.squares is not None
+        if shared and not self.squares[0] == other.squares[0] == drop_bits:
+            raise ValueError(
+                f"multiply: the operands carry squares rounded by {self.squares[0]} and {other.squares[0]} bits, "
+                f"but drop_bits is {drop_bits}; call with_squares(drop_bits) on both with the drop_bits of the product"
+            )
         if self.int is not None:
-            int_out = _encrypted_products(self._centered(), other._centered(), drop_bits)
-            scale = self.scale * other.scale * 2**drop_bits
+            if shared:
+                int_out = _shared_square_products(self._centered(), other._centered(), self.squares, other.squares)
+                scale = self.scale * other.scale * 2.0 ** (drop_bits - 1)
+            else:
+                int_out = _encrypted_products(self._centered(), other._centered(), drop_bits)
+                scale = self.scale * other.scale * 2**drop_bits
         return self._new(float_out, int_out, scale=scale, zero_point=0)
+
+    def with_squares(self, drop_bits: int = 0) -> DualArray:
+        """The same values, carrying their squares, so each later product costs one PBS instead of two.
+
+        ``a * b = ((a + b)**2 - a**2 - b**2) / 2``. Once ``a**2`` and ``b**2`` are known,
+        a product needs one lookup, ``(a + b)**2``. This pays off when each element
+        meets many others: every row of ``k`` meets every query. The squares cost one
+        lookup per element, once; they follow the values through :meth:`take`, slices
+        and reshapes. With ``drop_bits = r`` every square is divided by ``2**r`` (rounded)
+        in its table, and the products are rounded to ``2**(r - 1)`` times their scale.
+        """
+        drop_bits = _check_drop_bits(drop_bits)
+        offset = 0
+        if self.params is not None:
+            # Square a - offset, with the offset in the middle of the quantizer's range:
+            # probabilities 0..15 become -8..7, and (a + b) stays one bit narrower.
+            # A multiple of 2**(drop_bits - 1) keeps the correction terms whole (see multiply).
+            middle = (self.params.qmin + self.params.qmax) / 2 - self.zero_point
+            step = 2 ** max(drop_bits - 1, 0)
+            offset = int(np.floor(middle / step + 0.5)) * step
+        out = self._layout(lambda a: a)
+        squares = None
+        if self.int is not None:
+            squares = fhe.univariate(_rounded_square(drop_bits))(_minus(self._centered(), offset))
+        out.squares = (drop_bits, offset, squares)
+        return out
 
     def __mul__(self, other: DualArray | float | int) -> DualArray:
         """Elementwise product; by a real constant it only changes the scale (free in FHE)."""
@@ -345,10 +386,52 @@ class DualArray:
 
     # ------------------------------------------------------------------ layout (free in FHE)
     def _layout(self, fn: Callable[[Any], Any]) -> DualArray:
-        return self._new(
+        out = self._new(
             None if self.float is None else fn(self.float),
             None if self.int is None else fn(self.int),
             params=self.params,
+        )
+        if self.squares is not None:  # the squares move with their values
+            drop_bits, offset, squares = self.squares
+            out.squares = (drop_bits, offset, None if squares is None else fn(squares))
+        return out
+
+    def take(self, indices: Sequence[int]) -> DualArray:
+        """Rows ``indices`` of the first axis, in that order, repeats allowed (free in FHE: no lookup).
+
+        The rows are picked by a product with a clear 0/1 matrix, one 1 per row, which FHE
+        computes without bootstrapping. (Slices joined by ``np.concatenate`` would do the same,
+        but concrete-python 2.10 fails to compile a concatenation of slices when the inputset makes
+        some slices signed and others unsigned: "Transforming FHE boolean ops failed".)
+        """
+        indices = [int(i) for i in indices]
+        n = self.shape[0]
+        if not indices or any(not 0 <= i < n for i in indices):
+            raise ShapeMismatchError(f"take: indices must be a non-empty list of rows in 0..{n - 1}, got {indices}")
+        selection = np.zeros((len(indices), n), dtype=np.int64)
+        selection[np.arange(len(indices)), indices] = 1
+
+        def pick(a: Any) -> Any:
+            return a[indices] if isinstance(a, np.ndarray) else _rows_product(selection, a)  # same rows, faster
+
+        return self._layout(pick)
+
+    def combine_rows(self, matrix: object) -> DualArray:
+        """``matrix @ self`` along the first axis, for a clear integer ``matrix`` (free in FHE: no lookup).
+
+        Each output row is an integer combination of input rows: sums of chosen rows, or rows
+        moved into place. The zero point is removed first, so sums mean sums of reals.
+        """
+        matrix = np.asarray(matrix)
+        if matrix.ndim != 2 or matrix.shape[1] != self.shape[0] or not np.issubdtype(matrix.dtype, np.integer):
+            raise ShapeMismatchError(
+                f"combine_rows: expected a 2-D integer matrix with {self.shape[0]} columns, got "
+                f"{matrix.dtype} of shape {matrix.shape}"
+            )
+        return self._new(
+            None if self.float is None else _rows_product(matrix, self.float),
+            None if self.int is None else _rows_product(matrix, self._centered()),
+            zero_point=0,
         )
 
     def transpose(self, axes: Sequence[int] | None = None) -> DualArray:
@@ -473,6 +556,45 @@ class DualArray:
         )
 
     # ------------------------------------------------------------------ table lookups (PBS)
+    def maximum(self, other: DualArray) -> DualArray:
+        """Elementwise maximum of two DualArrays on the same scale: one lookup per element.
+
+        ``max(a, b) = a + relu(b - a)``, as in :meth:`max`.
+        """
+        self._check_same_mode(other, "maximum")
+        _check_broadcast(self.shape, other.shape, "maximum")
+        if self.int is not None and (
+            not np.isclose(other.scale, self.scale, rtol=1e-12, atol=0) or other.zero_point != self.zero_point
+        ):
+            raise ValueError("maximum: both arrays must have the same scale and zero point (compare like with like)")
+        int_out = None if self.int is None else self.int + fhe.univariate(_relu)(other.int - self.int)
+        return self._new(
+            None if self.float is None else np.maximum(self.float, other.float),
+            int_out,
+            params=self.params if self.params == other.params else None,
+        )
+
+    def apply_at_scale(self, fn: FloatFn, scale: float) -> DualArray:
+        """Any function as one lookup whose output integers have a given ``scale`` (zero point 0).
+
+        ``int_out = rint(fn(real input) / scale)``, unclipped: the output can then be added to
+        (or subtracted from) integers of that scale for free, with no lookup to bring it there.
+        """
+        if self.int is not None and not (isinstance(scale, float | int) and scale > 0):
+            raise ValueError(f"apply_at_scale: scale must be a number > 0, got {scale!r}")
+        float_out = None if self.float is None else fn(self.float)
+        int_out = None
+        if self.int is not None:
+            in_scale, in_zero_point = self.scale, self.zero_point
+
+            def table(q: np.ndarray) -> np.ndarray:
+                return np.rint(fn(in_scale * (np.asarray(q, dtype=np.float64) - in_zero_point)) / scale).astype(
+                    np.int64
+                )
+
+            int_out = fhe.univariate(table)(self.int)
+        return self._new(float_out, int_out, scale=scale if self.int is not None else None, zero_point=0)
+
     def apply(self, fn: FloatFn, quantizer: Quantizer, *, round_lsbs: int = 0) -> DualArray:
         """Any univariate function as one table lookup, its output quantized by ``quantizer``.
 
@@ -529,12 +651,59 @@ def _encrypted_products(a: Any, b: Any, drop_bits: int) -> Any:
     encrypted matmul adds the squares up before subtracting and sizes that hidden sum
     from the final result's range: it can wrap around.)
     """
-    shift = 2 + drop_bits
+    quarter_square = _rounded_square(2 + drop_bits)
+    return fhe.univariate(quarter_square)(a + b) - fhe.univariate(quarter_square)(a - b)
 
-    def quarter_square(x: np.ndarray) -> np.ndarray:
+
+def _shared_square_products(a: Any, b: Any, a_squares: tuple, b_squares: tuple) -> Any:
+    """``2 * a * b / 2**r`` elementwise (broadcast), one lookup per product (``r``: the squares' drop_bits).
+
+    With ``a = a' + c`` and ``b = b' + e`` (``c``, ``e``: the offsets of :meth:`DualArray.with_squares`)::
+
+        2ab = (a' + b')**2 - a'**2 - b'**2 + 2e a' + 2c b' + 2ce
+
+    ``a'**2`` and ``b'**2`` were looked up beforehand; ``(a' + b')**2`` is the one lookup
+    here; the last three terms are clear multiples of encrypted values (free). Exact when
+    ``r`` is 0; otherwise each square is rounded, and the product is within 1.5 units.
+    """
+    drop_bits, c, a_sq = a_squares
+    _, e, b_sq = b_squares
+    a_shifted, b_shifted = _minus(a, c), _minus(b, e)
+    out = fhe.univariate(_rounded_square(drop_bits))(a_shifted + b_shifted) - a_sq - b_sq
+    # 2 * offset / 2**r is whole: factor / unit is 2 when r = 0, 1 / 2**(r - 1) otherwise.
+    factor, unit = (2, 1) if drop_bits == 0 else (1, 2 ** (drop_bits - 1))
+    if e:
+        out = out + (factor * e // unit) * a_shifted
+    if c:
+        out = out + (factor * c // unit) * b_shifted
+    if c and e:
+        out = out + factor * c * e // unit
+    return out
+
+
+def _minus(a: Any, offset: int) -> Any:
+    return a - offset if offset else a
+
+
+def _rows_product(matrix: np.ndarray, a: Any) -> Any:
+    """``matrix @ a`` along ``a``'s first axis, for 1-D or 2-D ``a`` (NumPy or concrete tracers)."""
+    if isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.integer):
+        # NumPy has no fast integer matmul; float64 is exact for these small integers (far below 2**53).
+        return np.rint(matrix.astype(np.float64) @ a.astype(np.float64)).astype(np.int64)
+    if len(a.shape) == 1:
+        return (matrix @ a.reshape((a.shape[0], 1))).reshape((matrix.shape[0],))
+    return matrix @ a
+
+
+def _rounded_square(shift: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The table ``x -> round(x**2 / 2**shift)`` (exact squares when ``shift`` is 0)."""
+    if shift == 0:
+        return np.square
+
+    def rounded_square(x: np.ndarray) -> np.ndarray:
         return np.right_shift(x * x + (1 << (shift - 1)), shift)
 
-    return fhe.univariate(quarter_square)(a + b) - fhe.univariate(quarter_square)(a - b)
+    return rounded_square
 
 
 def _relu(x: np.ndarray) -> np.ndarray:

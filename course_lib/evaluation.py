@@ -117,22 +117,27 @@ def sweep_topk_agreement(
     n_bits_list: Sequence[int] = tuple(range(2, 11)),
     *,
     layer: int = 0,
-    head: int = 0,
+    head: int | None = 0,
     ks: Sequence[int] = DEFAULT_KS,
     progress: bool = True,
     reference: list | None = None,
     lookup_bits: int | None = None,
+    design: str = "published",
 ) -> list[Agreement]:
     """Top-k agreement of the model with head ``head`` of layer ``layer`` quantized, for each n_bits.
 
+    ``head=None`` quantizes every head of the layer at once (:class:`~course_lib.gpt2.SwappedAttention`).
+
     ``lookup_bits`` is handed to each :class:`~course_lib.gpt2.SwappedHead` (the product
     steps then drop bits, as the FHE circuit does; ``None``: exact products).
+    ``design`` picks the head's construction (``"published"`` or ``"fast"``, see
+    :mod:`course_lib.fast_attention`).
 
     For each n_bits a fresh quantized head is calibrated on ``calibration_prompts``
     and swapped in; the float model's predictions are computed once (or taken from
     ``reference``, the :func:`float_top1` of the same passages).
     """
-    from .gpt2 import SwappedHead
+    from .gpt2 import SwappedAttention, SwappedHead
 
     ks = _check_ks(ks)
     if not passages:
@@ -141,7 +146,11 @@ def sweep_topk_agreement(
         reference = float_top1(model, tokenizer, passages, progress)
     results = []
     for n_bits in tqdm(n_bits_list, desc="n_bits", disable=not progress, leave=False):
-        with SwappedHead(model, layer, head, n_bits=n_bits, lookup_bits=lookup_bits) as swap:
+        settings = {"n_bits": n_bits, "lookup_bits": lookup_bits, "design": design}
+        swapped = (
+            SwappedAttention(model, layer, **settings) if head is None else SwappedHead(model, layer, head, **settings)
+        )
+        with swapped as swap:
             swap.calibrate(tokenizer, calibration_prompts)
             swap.mode = "quantized"
             quantized = _predictions(model, tokenizer, passages, max(ks), f"{n_bits} bits", progress)

@@ -46,11 +46,13 @@ from .keys import circuit_fingerprint
 from .quantization import QuantParams
 
 #: The course's default FHE setting: sequence length (prompts are padded to it), activation
-#: bits, and the widest integer a lookup of the encrypted part may read (see notebook 03
-#: for the measurements behind them).
+#: bits, the head's construction (:mod:`course_lib.fast_attention`) and the widest sum of
+#: products a lookup of the encrypted part may read (see notebook 03 for the measurements
+#: behind them, and ``benchmarks/attention_fhe.py``).
 DEFAULT_LENGTH = 4
 DEFAULT_N_BITS = 4
-DEFAULT_LOOKUP_BITS = 7
+DEFAULT_DESIGN = "fast"
+DEFAULT_LOOKUP_BITS = 6
 
 
 class SequenceLengthError(ValueError):
@@ -127,8 +129,8 @@ def _megabytes(n: int) -> str:
     return f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n / 1e3:,.1f} kB"
 
 
-def pad_rows(q: np.ndarray, length: int, fill: int) -> np.ndarray:
-    """``q`` ``(T, n)`` with rows of ``fill`` appended up to ``length`` rows."""
+def pad_rows(q: np.ndarray, length: int, fill: int | np.ndarray) -> np.ndarray:
+    """``q`` ``(T, n)`` with rows of ``fill`` (a number, or one per column) appended up to ``length`` rows."""
     if q.shape[0] > length:
         raise SequenceLengthError(
             f"the sequence has {q.shape[0]} tokens but the circuit was compiled for {length}; "
@@ -145,44 +147,101 @@ QKV = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 class HeadCircuit:
-    """The encrypted part of a calibrated :class:`QuantizedHead`, compiled for ``length`` tokens.
+    """The encrypted part of one calibrated head, or of several heads side by side, compiled for ``length`` tokens.
 
     Args:
-        head: a calibrated head (its quantizers and ``drop_bits`` are frozen into the circuit).
+        heads: a calibrated :class:`QuantizedHead` (or :class:`~course_lib.fast_attention.FastHead`), or a
+            list of them with the same head dimension (e.g. every head of a layer, notebook 04). Their
+            quantizers and ``drop_bits`` are frozen into the circuit.
         inputs: float attention inputs ``(T, n_embd)`` (the calibration inputs): projected,
             cut into windows of ``length`` rows and padded, they form the compiler's inputset.
         length: the compiled sequence length.
         config: a concrete ``fhe.Configuration`` (default: :func:`configuration`).
 
-    The circuit takes the integers of the head's ``q``, ``k`` and ``v`` quantizers, each
-    ``(length, head_dim)``, and returns those of its ``output`` quantizer.
+    The circuit takes three encrypted inputs, the integers of the heads' ``q``, ``k`` and ``v``,
+    each ``(length, n_heads * head_dim)`` with head ``h`` in columns ``h * head_dim`` to
+    ``(h + 1) * head_dim``: GPT-2's own layout of ``c_attn``'s output. It returns the heads'
+    outputs in the same layout, the input of ``c_proj``. Each head's block of integers has its own
+    meaning (:attr:`output_scales`, :attr:`output_zero_points`), which :meth:`dequantize` applies: the
+    ``output`` quantizer's for a :class:`QuantizedHead`, the weighted sum's accumulator for a
+    :class:`~course_lib.fast_attention.FastHead`.
     """
 
     def __init__(
         self,
-        head: QuantizedHead,
+        heads: QuantizedHead | Sequence[QuantizedHead],
         inputs: Sequence[np.ndarray],
         length: int = DEFAULT_LENGTH,
         config: fhe.Configuration | None = None,
     ) -> None:
-        if not head.is_calibrated:
+        self.heads: list[QuantizedHead] = [heads] if isinstance(heads, QuantizedHead) else list(heads)
+        if not self.heads or not all(isinstance(h, QuantizedHead) for h in self.heads):
+            raise ValueError("compile one QuantizedHead or a non-empty list of them")
+        if not all(h.is_calibrated for h in self.heads):
             raise ValueError("compile a calibrated head: call head.calibrate(inputs) first")
+        dims = sorted({h.weights.head_dim for h in self.heads})
+        if len(dims) != 1:
+            raise ValueError(f"the heads of one circuit must share their head dimension, got {dims}")
         if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
             raise ValueError(f"length must be a positive integer (tokens), got {length!r}")
-        self.head = head
+        self.head_dim = dims[0]
         self.length = int(length)
-        self.input_params: dict[str, QuantParams] = {name: head.quantizers[name].params for name in CIRCUIT_INPUTS}
-        self.output_params: QuantParams = head.quantizers["output"].params
+        #: ``input_params[h][name]``: the quantizer parameters of head ``h``'s q, k and v.
+        self.input_params: list[dict[str, QuantParams]] = [
+            {name: h.quantizers[name].params for name in CIRCUIT_INPUTS} for h in self.heads
+        ]
         self.inputset = self._inputset(inputs)
+        # What the output integers mean (real = scale * (int - zero point)): the same for every
+        # input, so one clear run on the first sample of the inputset tells.
+        probes = self._attend(*self.inputset[0])
+        self.output_scales: list[float] = [float(p.scale) for p in probes]
+        self.output_zero_points: list[int] = [int(p.zero_point) for p in probes]
 
         def attend_on_integers(q, k, v):
-            qkv = (DualArray.from_int(q, self.input_params["q"]), DualArray.from_int(k, self.input_params["k"]))
-            return head.attend(*qkv, DualArray.from_int(v, self.input_params["v"])).int
+            return self._joined([out.int for out in self._attend(q, k, v)])
 
         compiler = fhe.Compiler(attend_on_integers, dict.fromkeys(CIRCUIT_INPUTS, "encrypted"))
         start = time.perf_counter()
         self.circuit: fhe.Circuit = compiler.compile(self.inputset, configuration=config or configuration())
         self.compile_seconds = time.perf_counter() - start
+
+    @property
+    def head(self) -> QuantizedHead:
+        """The circuit's head, when it has one (see :attr:`heads`)."""
+        if len(self.heads) != 1:
+            raise AttributeError(f"this circuit has {len(self.heads)} heads: use .heads")
+        return self.heads[0]
+
+    def _blocks(self, a):
+        """Head ``h``'s columns of ``a``, for each head."""
+        d = self.head_dim
+        return [a[:, h * d : (h + 1) * d] for h in range(len(self.heads))]
+
+    def _joined(self, blocks):
+        """The heads' blocks side by side, ``(T, n_heads * head_dim)``.
+
+        Each block is moved into place by a product with a clear 0/1 matrix and the results
+        are added: free in FHE, and it avoids ``np.concatenate`` of encrypted values, which
+        concrete-python 2.10 can fail to compile (see :meth:`DualArray.take`).
+        """
+        if len(blocks) == 1:
+            return blocks[0]
+        d, width = self.head_dim, len(blocks) * self.head_dim
+        joined = None
+        for h, block in enumerate(blocks):
+            placement = np.zeros((d, width), dtype=np.int64)
+            placement[np.arange(d), h * d + np.arange(d)] = 1
+            placed = block @ placement
+            joined = placed if joined is None else joined + placed
+        return joined
+
+    def _attend(self, q, k, v) -> list[DualArray]:
+        """Every head's :meth:`~QuantizedHead.attend` on its columns of the integers (NumPy or tracers)."""
+        outputs = []
+        for head, params, *qkv in zip(self.heads, self.input_params, *map(self._blocks, (q, k, v)), strict=True):
+            dual = [DualArray.from_int(a, params[name]) for name, a in zip(CIRCUIT_INPUTS, qkv, strict=True)]
+            outputs.append(head.attend(*dual))
+        return outputs
 
     # -- the inputset ------------------------------------------------------------------------------
     def _inputset(self, inputs: Sequence[np.ndarray]) -> list[QKV]:
@@ -213,8 +272,8 @@ class HeadCircuit:
         per_tag = circuit.programmable_bootstrap_count_per_tag
         steps = {tag: count for tag, count in per_tag.items() if tag in ("scores", "softmax", "mix")}
         return CircuitSummary(
-            n_bits=self.head.n_bits,
-            lookup_bits=self.head.lookup_bits,
+            n_bits=self.heads[0].n_bits,
+            lookup_bits=self.heads[0].lookup_bits,
             length=self.length,
             max_bit_width=int(circuit.graph.maximum_integer_bit_width()),
             pbs_count=int(circuit.programmable_bootstrap_count),
@@ -247,8 +306,9 @@ class HeadCircuit:
             "fingerprint": self.fingerprint,
             "length": self.length,
             "inputs": list(CIRCUIT_INPUTS),
-            "input_shape": [self.length, self.head.weights.head_dim],
-            "n_bits": self.head.n_bits,
+            "input_shape": [self.length, len(self.heads) * self.head_dim],
+            "heads": len(self.heads),
+            "n_bits": self.heads[0].n_bits,
         }
         (folder / CIRCUIT_FILE).write_text(json.dumps(info, indent=2))
         return folder
@@ -257,25 +317,28 @@ class HeadCircuit:
     def encode(self, x: np.ndarray, *, pad: bool = True) -> QKV:
         """Float attention input ``(T, n_embd)`` to the circuit's integer inputs ``q, k, v``.
 
-        This is the client's clear computation: quantize ``x``, project it with the
-        head's clear weights, quantize ``q, k, v``; then pad to the compiled length.
+        This is the client's clear computation: quantize ``x``, project it with each head's
+        clear weights, quantize ``q, k, v``; then pad to the compiled length.
         """
-        q, k, v = self.head.project(self.head.quantize_input(x))
-        qkv = (np.asarray(q.int), np.asarray(k.int), np.asarray(v.int))
+        per_head = [head.project(head.quantize_input(x)) for head in self.heads]
+        qkv = tuple(self._joined([np.asarray(p[i].int) for p in per_head]) for i in range(3))
         return self.prepare(*qkv) if pad else qkv
 
     def _pad(self, qkv: Sequence[np.ndarray]) -> QKV:
-        pairs = zip(CIRCUIT_INPUTS, qkv, strict=True)
-        return tuple(pad_rows(a, self.length, self.input_params[name].zero_point) for name, a in pairs)
+        padded = []
+        for name, a in zip(CIRCUIT_INPUTS, qkv, strict=True):
+            fill = np.repeat([params[name].zero_point for params in self.input_params], self.head_dim)
+            padded.append(pad_rows(a, self.length, fill))
+        return tuple(padded)
 
     def prepare(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> QKV:
-        """Check integer inputs ``(T, head_dim)`` with ``T <= length`` and pad them to the compiled length.
+        """Check integer inputs ``(T, n_heads * head_dim)`` with ``T <= length``; pad them to the compiled length.
 
         Raises:
-            SequenceLengthError: too many tokens, or arrays not of shape ``(T, head_dim)``.
+            SequenceLengthError: too many tokens, or arrays not of shape ``(T, n_heads * head_dim)``.
             InputRangeError: integers outside a quantizer's range (checked before any encryption).
         """
-        d = self.head.weights.head_dim
+        width = len(self.heads) * self.head_dim
         arrays = [np.asarray(a) for a in (q, k, v)]
         tokens = arrays[0].shape[0] if arrays[0].ndim == 2 else None
         if tokens is not None and tokens > self.length:
@@ -284,30 +347,30 @@ class HeadCircuit:
                 f"use at most {self.length} tokens or compile a HeadCircuit with length={tokens}"
             )
         for name, a in zip(CIRCUIT_INPUTS, arrays, strict=True):
-            if a.ndim != 2 or a.shape[1] != d or a.shape[0] != tokens or not 1 <= a.shape[0] <= self.length:
+            if a.ndim != 2 or a.shape[1] != width or a.shape[0] != tokens or not 1 <= a.shape[0] <= self.length:
                 raise SequenceLengthError(
-                    f"the circuit takes q, k and v of shape (T, {d}) with the same 1 <= T <= {self.length} "
+                    f"the circuit takes q, k and v of shape (T, {width}) with the same 1 <= T <= {self.length} "
                     f"(compiled sequence length {self.length}); {name} has shape {a.shape}"
                 )
             if not np.issubdtype(a.dtype, np.integer):
                 raise InputRangeError(
                     f"the circuit takes integers ({name} from QuantizedHead.project), got dtype {a.dtype}"
                 )
-            params = self.input_params[name]
-            if a.min() < params.qmin or a.max() > params.qmax:
-                raise InputRangeError(
-                    f"{name} integers must lie in [{params.qmin}, {params.qmax}] (the {params.n_bits}-bit range the "
-                    f"circuit was compiled for), got values from {int(a.min())} to {int(a.max())}; outside it an "
-                    "encrypted value would wrap around silently"
-                )
+            for h, (block, params) in enumerate(zip(self._blocks(a), self.input_params, strict=True)):
+                params = params[name]
+                if block.min() < params.qmin or block.max() > params.qmax:
+                    which = name if len(self.heads) == 1 else f"{name} of head {h}"
+                    raise InputRangeError(
+                        f"{which} integers must lie in [{params.qmin}, {params.qmax}] (the {params.n_bits}-bit "
+                        f"range the circuit was compiled for), got values from {int(block.min())} to "
+                        f"{int(block.max())}; outside it an encrypted value would wrap around silently"
+                    )
         return self._pad(arrays)
 
     # -- three ways to run it ----------------------------------------------------------------------
     def clear(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
         """The encrypted part on clear NumPy integers: padded inputs in, ``(length, head_dim)`` integers out."""
-        padded = self.prepare(q, k, v)
-        arrays = [DualArray.from_int(a, self.input_params[n]) for n, a in zip(CIRCUIT_INPUTS, padded, strict=True)]
-        return np.asarray(self.head.attend(*arrays).int)
+        return np.asarray(self._joined([out.int for out in self._attend(*self.prepare(q, k, v))]))
 
     def simulate(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
         """The circuit simulated by concrete: the same integers as :meth:`clear`, no encryption."""
@@ -338,12 +401,15 @@ class HeadCircuit:
         return out, times
 
     def dequantize(self, q_out: np.ndarray, tokens: int | None = None) -> np.ndarray:
-        """The output integers as reals ``(tokens, head_dim)``, the padding rows dropped."""
-        return self.output_params.dequantize(np.asarray(q_out)[:tokens])
+        """The output integers as reals ``(tokens, n_heads * head_dim)``, the padding rows dropped."""
+        q_out = np.asarray(q_out, dtype=np.float64)[:tokens]
+        scales = np.repeat(self.output_scales, self.head_dim)
+        return scales * (q_out - np.repeat(self.output_zero_points, self.head_dim))
 
     def __repr__(self) -> str:
         return (
-            f"HeadCircuit(n_bits={self.head.n_bits}, lookup_bits={self.head.lookup_bits}, length={self.length}, "
+            f"HeadCircuit({len(self.heads)} head{'s' * (len(self.heads) > 1)}, n_bits={self.heads[0].n_bits}, "
+            f"lookup_bits={self.heads[0].lookup_bits}, length={self.length}, "
             f"max bit width {self.circuit.graph.maximum_integer_bit_width()}, "
             f"{self.circuit.programmable_bootstrap_count:,} PBS)"
         )

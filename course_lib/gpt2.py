@@ -1,10 +1,11 @@
-"""Put a quantized head inside Hugging Face's GPT2LMHeadModel.
+"""Put quantized heads inside Hugging Face's GPT2LMHeadModel.
 
 GPT-2's attention concatenates its heads' outputs and multiplies them by
 ``c_proj``; head ``h`` is the slice ``[h * d, (h + 1) * d)`` of ``c_proj``'s input.
 :class:`SwappedHead` replaces exactly that slice with the output of a
-:class:`~course_lib.attention.QuantizedHead`, through two forward hooks and no
-change to transformers' code:
+:class:`~course_lib.attention.QuantizedHead` (:class:`SwappedAttention` replaces every
+head's slice: the whole multi-head attention but its two projections), through two
+forward hooks and no change to transformers' code:
 
 - a pre-hook on ``transformer.h[layer].attn`` keeps the attention's input
   ``x`` (the output of ``ln_1``), which the quantized head reads;
@@ -28,18 +29,36 @@ refused with an error naming that length.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from .attention import HeadWeights, QuantizedHead
 from .evaluation import encode_passage
+from .fast_attention import FastHead
 from .fhe import DEFAULT_LENGTH, HeadCircuit
 from .quantization import check_n_bits
 
 MODES: tuple[str, ...] = ("float", "quantized", "simulate", "execute")
+
+#: The constructions of a head's encrypted part (see :mod:`course_lib.fast_attention`):
+#: the published one, the fast one, and the fast one with two lookups per product
+#: (to measure what one lookup per product saves).
+DESIGNS: tuple[str, ...] = ("published", "fast", "fast-quarter-squares")
+
+
+def head_class(design: str) -> Callable[..., QuantizedHead]:
+    """What builds a head of ``design`` (one of :data:`DESIGNS`) from ``(weights, n_bits, ...)``."""
+    if design == "published":
+        return QuantizedHead
+    if design == "fast":
+        return FastHead
+    if design == "fast-quarter-squares":
+        return functools.partial(FastHead, one_lookup_products=False)
+    raise ValueError(f"design must be one of {', '.join(repr(d) for d in DESIGNS)}, got {design!r}")
 
 
 def check_layer_head(model, layer: int, head: int) -> None:
@@ -103,12 +122,30 @@ class SwappedHead:
         n_bits: int = 4,
         n_bits_weights: int | None = None,
         lookup_bits: int | None = None,
+        design: str = "published",
     ):
-        check_layer_head(model, layer, head)
+        self._attach(model, layer, [head], n_bits, n_bits_weights, lookup_bits, design)
+
+    def _attach(
+        self,
+        model,
+        layer: int,
+        heads: Sequence[int],
+        n_bits: int,
+        n_bits_weights: int | None,
+        lookup_bits: int | None,
+        design: str,
+    ) -> None:
+        for head in heads:
+            check_layer_head(model, layer, head)
         self.model = model
-        self.layer, self.head_index = int(layer), int(head)
+        self.layer, self.head_indices = int(layer), [int(h) for h in heads]
         self.n_bits = check_n_bits(n_bits)
-        self.head = QuantizedHead(head_weights(model, layer, head), self.n_bits, n_bits_weights, lookup_bits)
+        build = head_class(design)
+        #: The quantized heads, in the order of :attr:`head_indices`.
+        self.heads: list[QuantizedHead] = [
+            build(head_weights(model, layer, h), self.n_bits, n_bits_weights, lookup_bits) for h in self.head_indices
+        ]
         self._mode = "float"
         self.calibration_inputs: list[np.ndarray] = []
         self.circuit: HeadCircuit | None = None
@@ -126,6 +163,24 @@ class SwappedHead:
             attn.c_proj.register_forward_pre_hook(self._replace_slice),
         ]
 
+    @property
+    def head(self) -> QuantizedHead:
+        """The quantized head (a :class:`SwappedAttention` has several: see :attr:`heads`)."""
+        if len(self.heads) != 1:
+            raise AttributeError(f"{type(self).__name__} swaps {len(self.heads)} heads: use .heads")
+        return self.heads[0]
+
+    @property
+    def head_index(self) -> int:
+        """The index of the swapped head in its layer (one head only)."""
+        if len(self.heads) != 1:
+            raise AttributeError(f"{type(self).__name__} swaps {len(self.heads)} heads: use .head_indices")
+        return self.head_indices[0]
+
+    @property
+    def is_calibrated(self) -> bool:
+        return all(head.is_calibrated for head in self.heads)
+
     # -- mode ------------------------------------------------------------------------------------
     @property
     def mode(self) -> str:
@@ -136,7 +191,7 @@ class SwappedHead:
     def mode(self, mode: str) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}, got {mode!r}")
-        if mode != "float" and not self.head.is_calibrated:
+        if mode != "float" and not self.is_calibrated:
             raise RuntimeError(f"calibrate the head before using mode {mode!r}: swap.calibrate(tokenizer, prompts)")
         if mode in ("simulate", "execute") and self.circuit is None:
             raise RuntimeError(f"compile the head before using mode {mode!r}: swap.compile()")
@@ -148,9 +203,9 @@ class SwappedHead:
 
     def compile(self, length: int = DEFAULT_LENGTH, config=None) -> HeadCircuit:
         """Compile the head's encrypted part for sequences of up to ``length`` tokens (kept in :attr:`circuit`)."""
-        if not self.head.is_calibrated:
+        if not self.is_calibrated:
             raise RuntimeError("calibrate the head before compiling it: swap.calibrate(tokenizer, prompts)")
-        self.circuit = HeadCircuit(self.head, self.calibration_inputs, length, config)
+        self.circuit = HeadCircuit(self.heads, self.calibration_inputs, length, config)
         return self.circuit
 
     # -- hooks -----------------------------------------------------------------------------------
@@ -173,16 +228,17 @@ class SwappedHead:
             return None
         merged = args[0]  # (1, T, n_embd): every head's output side by side
         x, self._x = self._x, None
-        out = self._head_output(x[0].detach().double().numpy())  # (T, d)
-        d = self.head.weights.head_dim
+        out = torch.from_numpy(self._head_output(x[0].detach().double().numpy()))  # (T, n_heads * d)
+        d = self.heads[0].weights.head_dim
         merged = merged.clone()
-        merged[0, :, self.head_index * d : (self.head_index + 1) * d] = torch.from_numpy(out).to(merged.dtype)
+        for k, h in enumerate(self.head_indices):
+            merged[0, :, h * d : (h + 1) * d] = out[:, k * d : (k + 1) * d].to(merged.dtype)
         return (merged, *args[1:])
 
     def _head_output(self, x: np.ndarray) -> np.ndarray:
-        """The head's output ``(T, d)`` in reals, computed as the mode says."""
+        """The heads' outputs ``(T, n_heads * d)`` in reals, side by side, computed as the mode says."""
         if self._mode == "quantized":
-            return self.head.run(x).dequantize()
+            return np.concatenate([head.run(x).dequantize() for head in self.heads], axis=1)
         start = time.perf_counter()
         qkv = self.circuit.encode(x)  # the client's clear part, padded (too long: SequenceLengthError)
         if self._mode == "simulate":
@@ -224,7 +280,8 @@ class SwappedHead:
         if isinstance(prompts, str) or len(prompts) == 0:
             raise ValueError("calibrate needs a non-empty list of prompts")
         self.calibration_inputs = self.attention_inputs(tokenizer, prompts)
-        self.head.calibrate(self.calibration_inputs)
+        for head in self.heads:
+            head.calibrate(self.calibration_inputs)
 
     # -- lifetime --------------------------------------------------------------------------------
     def remove(self) -> None:
@@ -241,7 +298,29 @@ class SwappedHead:
         self.remove()
 
     def __repr__(self) -> str:
-        state = "calibrated" if self.head.is_calibrated else "not calibrated"
-        return (
-            f"SwappedHead(layer={self.layer}, head={self.head_index}, n_bits={self.n_bits}, {state}, mode={self.mode})"
-        )
+        state = "calibrated" if self.is_calibrated else "not calibrated"
+        heads = f"head={self.head_indices[0]}" if len(self.heads) == 1 else f"heads={self.head_indices}"
+        return f"{type(self).__name__}(layer={self.layer}, {heads}, n_bits={self.n_bits}, {state}, mode={self.mode})"
+
+
+class SwappedAttention(SwappedHead):
+    """Every head of layer ``layer`` replaced by quantized heads: the whole token-mixing part of the attention.
+
+    The same modes and methods as :class:`SwappedHead`, for all heads at once. The client
+    computes ``c_attn`` (each head's :meth:`~QuantizedHead.project`) and, after the heads,
+    ``c_proj`` in float, as it computes the rest of GPT-2; in ``"simulate"`` and ``"execute"``
+    modes one circuit runs every head's encrypted part (:class:`~course_lib.fhe.HeadCircuit`
+    with all the heads). The default design is the fast one (:mod:`course_lib.fast_attention`).
+    """
+
+    def __init__(
+        self,
+        model,
+        layer: int = 0,
+        n_bits: int = 4,
+        n_bits_weights: int | None = None,
+        lookup_bits: int | None = None,
+        design: str = "fast",
+    ):
+        check_layer_head(model, layer, 0)
+        self._attach(model, layer, range(model.config.n_head), n_bits, n_bits_weights, lookup_bits, design)

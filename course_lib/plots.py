@@ -361,3 +361,62 @@ def plot_fhe_cost(
     right.set(xlabel="n_bits", ylabel="seconds per run (2 cores)", title="run time: set by the bits", yscale="log")
     right.legend(fontsize=8)
     return fig
+
+
+def plot_design_ladder(
+    labels: Sequence[str], pbs_per_step: Sequence[dict[str, int]], seconds: Sequence[float]
+) -> Figure:
+    """PBS per step and run time of successive versions of the encrypted head (notebook 03, section 4).
+
+    Args:
+        labels: one name per version, from the first to the last.
+        pbs_per_step: for each version, its PBS per step (``CircuitSummary.pbs_per_step``).
+        seconds: for each version, its run time on ciphertexts (measured or estimated).
+    """
+    fig = Figure(figsize=(10, 0.7 * len(labels) + 1.6), layout="constrained")
+    left, right = fig.subplots(1, 2, sharey=True)
+    rows = list(range(len(labels)))[::-1]  # the first version on top
+    steps = list(dict.fromkeys(step for counts in pbs_per_step for step in counts))
+    starts = [0] * len(labels)
+    for step, color in zip(steps, ("tab:blue", "tab:orange", "tab:green", "tab:gray"), strict=False):
+        widths = [counts.get(step, 0) for counts in pbs_per_step]
+        left.barh(rows, widths, left=starts, color=color, label=step)
+        starts = [a + b for a, b in zip(starts, widths, strict=True)]
+    for row, total in zip(rows, starts, strict=True):
+        left.annotate(f" {total:,}", (total, row), va="center", fontsize=9)
+    left.set_yticks(rows, labels)
+    left.set(xlabel="PBS per run", title="PBS per step")
+    left.set_xlim(0, max(starts) * 1.25)
+    left.legend(fontsize=8, loc="lower right")
+    right.barh(rows, seconds, color="tab:red")
+    for row, value in zip(rows, seconds, strict=True):
+        right.annotate(f" {value:,.0f} s", (value, row), va="center", fontsize=9)
+    right.set(xlabel="seconds per run on ciphertexts (2 cores)", title="run time")
+    right.set_xlim(0, max(seconds) * 1.3)
+    return fig
+
+
+def plot_pbs_against_length(
+    panels: Sequence[tuple[str, dict[str, tuple[Sequence[int], Sequence[int]]]]],
+    *,
+    points: Sequence[tuple[str, int, int, str]] = (),
+) -> Figure:
+    """PBS count against sequence length, one panel per model, one line per circuit.
+
+    Args:
+        panels: ``(title, {label: (lengths, pbs)})`` for each panel.
+        points: single reference values ``(panel title, length, pbs, label)``, drawn as stars.
+    """
+    fig = Figure(figsize=(5 * len(panels), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, lines) in zip(axes, panels, strict=True):
+        for i, (label, (lengths, pbs)) in enumerate(lines.items()):
+            ax.plot(lengths, pbs, "o-", markersize=3, color=f"C{i}", label=label)
+        for panel, length, pbs, label in points:
+            if panel == title:
+                ax.plot([length], [pbs], "*", color="black", markersize=13, label=label, zorder=5)
+        ax.set(xlabel="sequence length (tokens)", ylabel="PBS per run", title=title)
+        ax.yaxis.set_major_formatter(lambda value, _: f"{value:,.0f}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small", loc="upper left")
+    return fig

@@ -71,3 +71,31 @@ def test_costliest_step(circuits):
     assert "not a step" in feedback_costliest_step("attention", summary).message
     other = next(step for step in summary.pbs_per_step if step != best)
     assert not feedback_costliest_step(other, summary).correct
+
+
+def test_fast_pbs_formula_is_the_compilers_count():
+    from course_lib.exercises.nb03 import feedback_fast_pbs_count, solution_fast_pbs_count
+    from course_lib.fast_attention import FastHead
+
+    rng = np.random.default_rng(0)
+    inputs = [rng.normal(size=(int(rng.integers(1, 7)), 8)) for _ in range(8)]
+    counts = {}
+    for tokens, head_dim in ((2, 4), (3, 4), (4, 8)):
+        head = FastHead(HeadWeights.random(8, head_dim, seed=1), 4, lookup_bits=6)
+        head.calibrate(inputs)
+        counts[tokens, head_dim] = HeadCircuit(head, inputs, length=tokens).summary().pbs_count
+        assert solution_fast_pbs_count(tokens, head_dim) == counts[tokens, head_dim]
+    assert feedback_fast_pbs_count(solution_fast_pbs_count, counts).correct
+    assert feedback_fast_pbs_count(None).status == "not attempted"
+    assert "fast_pbs(2, 4) raised" in feedback_fast_pbs_count(lambda t, d: 1 / 0).message
+
+    def all_pairs(t, d):
+        return solution_fast_pbs_count(t, d) + 2 * (t * t - t * (t + 1) // 2) * d
+
+    assert "masked pairs" in feedback_fast_pbs_count(all_pairs).message
+
+    def no_squares(t, d):
+        return solution_fast_pbs_count(t, d) - 2 * t * d - t * (t + 1) // 2
+
+    assert "squares" in feedback_fast_pbs_count(no_squares).message
+    assert not feedback_fast_pbs_count(lambda t, d: 4 * t * t * d).correct

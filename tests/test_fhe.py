@@ -114,7 +114,7 @@ def test_too_long_and_malformed_inputs_name_the_compiled_length(circuit):
 def test_out_of_range_integers_are_refused_before_encryption(circuit):
     q, k, v = circuit.encode(small_inputs(n=1)[0][:3])
     too_big = q.copy()
-    too_big[0, 0] = circuit.input_params["q"].qmax + 1
+    too_big[0, 0] = circuit.input_params[0]["q"].qmax + 1  # head 0, its q
     with pytest.raises(InputRangeError, match=r"q integers must lie in \[0, 15\].*wrap around"):
         circuit.prepare(too_big, k, v)
     with pytest.raises(InputRangeError, match="dtype float64"):

@@ -3,6 +3,7 @@
 1. :func:`check_pbs_count`: how many programmable bootstraps the encrypted part makes.
 2. :func:`check_ciphertext_bytes`: how many bytes one encrypted integer weighs.
 3. :func:`check_costliest_step`: which step of the head pays for most of the PBS.
+4. :func:`check_fast_pbs_count`: the same count as exercise 1, for the fast head of section 4.
 """
 
 from __future__ import annotations
@@ -124,7 +125,10 @@ def feedback_costliest_step(answer: object, summary: CircuitSummary) -> Feedback
     expected = solution_costliest_step(summary)
     if answer == expected:
         share = summary.pbs_per_step[expected] / summary.pbs_count
-        return correct(f"{share:.0%} of the PBS: its products of two ciphertexts, T x T x head_dim of them.")
+        return correct(
+            f"{share:.0%} of the PBS: its products of two ciphertexts, one or two lookups for every pair of "
+            "tokens and every one of the head_dim dimensions."
+        )
     return wrong(
         f"{answer!r} makes {summary.pbs_per_step[answer]:,} PBS; look for the step with the most "
         "(the softmax has many lookups, but each on one value per score, not per score and dimension)."
@@ -134,3 +138,56 @@ def feedback_costliest_step(answer: object, summary: CircuitSummary) -> Feedback
 def check_costliest_step(answer: object, summary: CircuitSummary) -> None:
     """Print the feedback on exercise 3."""
     print(feedback_costliest_step(answer, summary))
+
+
+# ---------------------------------------------------------------------- exercise 4
+def solution_fast_pbs_count(T: int, head_dim: int) -> int:  # noqa: N803 (T as in the notebook)
+    """PBS of :meth:`FastHead.attend <course_lib.fast_attention.FastHead.attend>` on ``T`` tokens.
+
+    Only the ``P = T (T + 1) / 2`` causal pairs are computed, and a product costs one
+    lookup once both operands' squares are known (one lookup per element, once).
+    """
+    pairs = T * (T + 1) // 2
+    scores = pairs * head_dim + 2 * T * head_dim  # (q + k)^2 per pair and dimension; q^2 and k^2 once
+    softmax = T * (T - 1) // 2 + pairs + T + pairs  # row max chains, exp, log of each row sum, final exp
+    mix = pairs * head_dim + pairs + T * head_dim  # (p + v)^2 per pair and dimension; p^2 and v^2 once
+    return scores + softmax + mix
+
+
+def feedback_fast_pbs_count(answer: object, compiled: dict[tuple[int, int], int] | None = None) -> Feedback:
+    """Judge ``answer``: a function ``(T, head_dim) -> PBS count`` of the fast head's encrypted part."""
+    if answer is None:
+        return not_attempted("define `fast_pbs(T, head_dim)` returning the PBS count of the fast head.")
+    if not callable(answer):
+        return wrong(f"`fast_pbs` must be a function of (T, head_dim), got {type(answer).__name__}.")
+    for (tokens, head_dim), count in (compiled or {}).items():
+        if solution_fast_pbs_count(tokens, head_dim) != count:
+            raise RuntimeError(f"the reference formula disagrees with the compiler at T={tokens}, d={head_dim}")
+    for tokens, head_dim in EX1_CASES:
+        try:
+            got = answer(tokens, head_dim)
+        except Exception as error:  # the learner's error is feedback, not a crash
+            return wrong(f"fast_pbs({tokens}, {head_dim}) raised {type(error).__name__}: {error}")
+        is_number = isinstance(got, int | np.integer | float | np.floating) and not isinstance(got, bool)
+        if not is_number or not np.isfinite(got) or got != round(got):
+            return wrong(f"fast_pbs({tokens}, {head_dim}) returned {got!r}: give a whole number.")
+        expected = solution_fast_pbs_count(tokens, head_dim)
+        if int(got) == expected:
+            continue
+        pairs = tokens * (tokens + 1) // 2
+        if int(got) == expected + 2 * (tokens * tokens - pairs) * head_dim:
+            return wrong("the fast head never computes the masked pairs j > i: count T (T + 1) / 2 pairs, not T^2.")
+        if int(got) == expected - 2 * tokens * head_dim - pairs:
+            return wrong("the squares of q, k, v and of the probabilities are lookups too, one per element.")
+        return wrong(
+            f"fast_pbs({tokens}, {head_dim}) = {int(got):,}, the compiler counts {expected:,}. Go through "
+            "FastHead.attend: squares once, one lookup per product of a causal pair, the softmax's lookups."
+        )
+    return correct(
+        "2 P d + 3 T d from the products, a few P and T from the softmax: for long sequences a quarter of 4 T^2 d."
+    )
+
+
+def check_fast_pbs_count(answer: object, compiled: dict[tuple[int, int], int] | None = None) -> None:
+    """Print the feedback on exercise 4."""
+    print(feedback_fast_pbs_count(answer, compiled))

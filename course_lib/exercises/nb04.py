@@ -1,0 +1,140 @@
+"""Exercises of notebook 04 (the full attention and encrypted generation): their checks and reference solutions.
+
+1. :func:`check_full_attention_pbs`: the PBS count of every head of a layer together.
+2. :func:`check_max_new_tokens`: how many tokens a fixed-length circuit lets you generate.
+3. :func:`check_cluster_seconds`: the time of a GPT-2-sized encrypted layer on a big machine, on paper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from . import Feedback, correct, not_attempted, wrong
+from .nb03 import solution_fast_pbs_count
+
+# ---------------------------------------------------------------------- exercise 1
+#: (tokens, heads, head dimension) on which an answer to exercise 1 is checked.
+EX1_CASES: tuple[tuple[int, int, int], ...] = ((2, 4, 32), (4, 4, 32), (6, 12, 64), (16, 12, 64), (3, 2, 8))
+
+
+def solution_full_attention_pbs(T: int, n_head: int, head_dim: int) -> int:  # noqa: N803 (T as in the notebook)
+    """PBS of the fast full attention: the heads are independent circuits side by side, so ``n_head`` times one."""
+    return n_head * solution_fast_pbs_count(T, head_dim)
+
+
+def _is_whole(value: object) -> bool:
+    is_number = isinstance(value, int | np.integer | float | np.floating) and not isinstance(value, bool)
+    return is_number and bool(np.isfinite(value)) and value == round(value)
+
+
+def feedback_full_attention_pbs(answer: object, compiled: dict[tuple[int, int, int], int] | None = None) -> Feedback:
+    """Judge ``answer``: a function ``(T, n_head, head_dim) -> PBS count`` of the full attention.
+
+    ``compiled`` maps some ``(T, n_head, head_dim)`` to the compiler's own count; the reference
+    is checked against them too.
+    """
+    if answer is None:
+        return not_attempted("define `full_pbs(T, n_head, head_dim)` returning the full attention's PBS count.")
+    if not callable(answer):
+        return wrong(f"`full_pbs` must be a function of (T, n_head, head_dim), got {type(answer).__name__}.")
+    fn: Callable[[int, int, int], object] = answer
+    for case, count in (compiled or {}).items():
+        if solution_full_attention_pbs(*case) != count:
+            raise RuntimeError(f"the reference formula disagrees with the compiler at {case}")
+    for case in EX1_CASES:
+        try:
+            got = fn(*case)
+        except Exception as error:  # the learner's error is feedback, not a crash
+            return wrong(f"full_pbs{case} raised {type(error).__name__}: {error}")
+        if not _is_whole(got):
+            return wrong(f"full_pbs{case} returned {got!r}: give a whole number.")
+        expected = solution_full_attention_pbs(*case)
+        if int(got) == expected:
+            continue
+        if int(got) == solution_fast_pbs_count(case[0], case[2]):
+            return wrong("that is one head; the circuit runs every head of the layer.")
+        if int(got) == solution_fast_pbs_count(case[0], case[1] * case[2]):
+            return wrong(
+                "the heads do not mix: each one attends with its own head_dim, so the count is not that of one "
+                "head n_head times wider (the softmax is per head)."
+            )
+        return wrong(f"full_pbs{case} = {int(got):,}, the compiler counts {expected:,}.")
+    return correct("n_head independent heads side by side: n_head times the PBS, and as many cores to share them.")
+
+
+def check_full_attention_pbs(answer: object, compiled: dict[tuple[int, int, int], int] | None = None) -> None:
+    """Print the feedback on exercise 1."""
+    print(feedback_full_attention_pbs(answer, compiled))
+
+
+# ---------------------------------------------------------------------- exercise 2
+EX2_CASES: tuple[tuple[int, int], ...] = ((1, 4), (3, 6), (4, 4), (2, 16), (5, 5))
+
+
+def solution_max_new_tokens(prompt_tokens: int, compiled_length: int) -> int:
+    """Tokens a circuit of ``compiled_length`` lets you generate after ``prompt_tokens`` tokens.
+
+    The step that makes token ``n`` reads the prompt and the ``n - 1`` tokens before it, so
+    ``prompt_tokens + n - 1 <= compiled_length``.
+    """
+    return max(0, compiled_length - prompt_tokens + 1)
+
+
+def feedback_max_new_tokens(answer: object) -> Feedback:
+    """Judge ``answer``: a function ``(prompt_tokens, compiled_length) -> new tokens``."""
+    if answer is None:
+        return not_attempted("define `max_new_tokens(prompt_tokens, compiled_length)`.")
+    if not callable(answer):
+        return wrong(f"`max_new_tokens` must be a function, got {type(answer).__name__}.")
+    for prompt_tokens, length in EX2_CASES:
+        try:
+            got = answer(prompt_tokens, length)
+        except Exception as error:  # the learner's error is feedback, not a crash
+            return wrong(f"max_new_tokens({prompt_tokens}, {length}) raised {type(error).__name__}: {error}")
+        expected = solution_max_new_tokens(prompt_tokens, length)
+        if not _is_whole(got):
+            return wrong(f"max_new_tokens({prompt_tokens}, {length}) returned {got!r}: give a whole number.")
+        if int(got) == expected:
+            continue
+        if int(got) == expected - 1:
+            return wrong("one more fits: the last new token is never fed back in, so its step reads one token less.")
+        return wrong(f"max_new_tokens({prompt_tokens}, {length}) = {int(got)}, but {expected} fit.")
+    return correct("length - prompt + 1: the circuit's length bounds prompt and answer together.")
+
+
+def check_max_new_tokens(answer: object) -> None:
+    """Print the feedback on exercise 2."""
+    print(feedback_max_new_tokens(answer))
+
+
+# ---------------------------------------------------------------------- exercise 3
+def solution_cluster_seconds(pbs: int, seconds_per_pbs_on_2_cores: float, cores: int) -> float:
+    """Seconds for ``pbs`` bootstraps on ``cores`` cores, from a per-PBS time measured on 2 cores.
+
+    PBS of one circuit are independent enough to share the cores evenly: the time falls as ``2 / cores``
+    (an optimistic bound: it ignores the chains of lookups that must wait for each other).
+    """
+    return pbs * seconds_per_pbs_on_2_cores * 2 / cores
+
+
+def feedback_cluster_seconds(answer: object, pbs: int, seconds_per_pbs: float, cores: int) -> Feedback:
+    """Judge ``answer``: the seconds of ``pbs`` PBS on ``cores`` cores (within 1%)."""
+    if answer is None:
+        return not_attempted("set `cluster_seconds` to the estimated time, in seconds.")
+    if isinstance(answer, bool) or not isinstance(answer, int | float | np.integer | np.floating):
+        return wrong(f"give a number of seconds, got {type(answer).__name__}.")
+    expected = solution_cluster_seconds(pbs, seconds_per_pbs, cores)
+    if abs(answer - expected) <= 0.01 * expected:
+        return correct(f"about {expected:,.1f} s: with enough cores, FHE time is PBS count over core count.")
+    if abs(answer - expected * cores / 2) <= 0.01 * expected * cores / 2:
+        return wrong("that is the time on 2 cores; share the PBS among all the cores.")
+    if abs(answer - expected / 2) <= 0.01 * expected / 2:
+        return wrong("the per-PBS time was measured with 2 cores busy: one core alone takes twice as long per PBS.")
+    return wrong(f"{answer:,.1f} s is not it: multiply the PBS by the time of one, then share among the cores.")
+
+
+def check_cluster_seconds(answer: object, pbs: int, seconds_per_pbs: float, cores: int) -> None:
+    """Print the feedback on exercise 3."""
+    print(feedback_cluster_seconds(answer, pbs, seconds_per_pbs, cores))

@@ -1,0 +1,166 @@
+"""The course's fast encrypted head: the same attention, far fewer and narrower bootstraps.
+
+:class:`~course_lib.attention.QuantizedHead` is the straightforward construction, the one
+the published work used and notebook 02 teaches. It computes the full ``T x T`` score
+matrix and then masks it, re-quantizes after every step, takes each row's max by a chain
+of comparisons, and normalizes as exp, sum, reciprocal and multiply. Notebook 03 measures
+what each of those choices costs in programmable bootstraps (PBS). :class:`FastHead`
+computes the same function. It inherits the projection, the calibration and the modes,
+and changes only :meth:`~FastHead.attend`, in four ways:
+
+1. **Only the causal pairs.** Token ``i`` attends to tokens ``0..i``. So the head
+   computes the ``T (T + 1) / 2`` pairs ``j <= i`` (:class:`CausalPairs`) and never
+   the masked half. There is no mask to apply afterwards.
+2. **One lookup per product instead of two.** ``a * b = ((a + b)**2 - a**2 - b**2) / 2``.
+   The squares of every ``q``, ``k``, ``v`` and probability are looked up once
+   (:meth:`DualArray.with_squares <course_lib.dual_array.DualArray.with_squares>`).
+   After that, each of the ``d`` products of a pair costs the single lookup
+   ``(a + b)**2``.
+3. **No re-quantization between steps.** The max chain and ``exp`` read the scores'
+   accumulator directly, and the final output is the weighted sum's accumulator (the
+   client decrypts it and applies the scale). This removes the ``scores``, ``probs``
+   and ``output`` re-quantizations: ``T**2 + T**2 + T d`` lookups.
+4. **A log-domain softmax.** ``p = exp(s - max - log(sum(exp(s - max))))``. A row costs
+   one lookup per entry for ``exp``, one lookup for the log of its sum, and one more
+   lookup per entry for the final ``exp``. The reciprocal and the encrypted product
+   (two lookups per entry) are gone.
+
+The product sums are rounded in their square tables to ``lookup_bits``, as in the
+published head (``drop_bits``), so every lookup of the softmax reads a narrow integer.
+
+PBS for ``T`` tokens, head dimension ``d`` and ``P = T (T + 1) / 2`` pairs:
+
+============  =======================================  =====================================
+step          published (:class:`QuantizedHead`)        fast (:class:`FastHead`)
+============  =======================================  =====================================
+scores        ``2 T**2 d + T**2``                       ``P d + 2 T d``
+softmax       ``T (T - 1) + 3 T**2 + T + 2 T**2``       ``T (T - 1) / 2 + 2 P + T``
+mix           ``2 T**2 d + T d``                        ``P d + P + T d``
+============  =======================================  =====================================
+
+Notebook 03 (section 8) adds the four changes one at a time and measures each.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from concrete import fhe
+
+from .attention import QuantizedHead, _recorder
+from .dual_array import DualArray
+
+
+class CausalPairs:
+    """The (query, key) pairs a causal head needs for ``length`` tokens: ``(i, j)`` with ``j <= i``.
+
+    They are laid out row after row: ``(0, 0), (1, 0), (1, 1), (2, 0), ...``. Row ``i``
+    holds ``i + 1`` pairs and starts at ``i (i + 1) / 2``. Every method only moves or adds
+    values (no lookup), except :meth:`row_max`.
+    """
+
+    def __init__(self, length: int) -> None:
+        if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
+            raise ValueError(f"length must be a positive integer (tokens), got {length!r}")
+        self.length = int(length)
+        self.rows = [i for i in range(self.length) for _ in range(i + 1)]
+        self.cols = [j for i in range(self.length) for j in range(i + 1)]
+        self.starts = [i * (i + 1) // 2 for i in range(self.length)]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _check(self, x: DualArray, what: str) -> None:
+        if x.shape[0] != len(self):
+            raise ValueError(f"{what}: expected {len(self)} pairs along the first axis, got shape {x.shape}")
+
+    def row_sums(self, x: DualArray) -> DualArray:
+        """Sum the pairs of each row: ``(P, ...) -> (length, ...)`` (a clear 0/1 matrix product)."""
+        self._check(x, "row_sums")
+        membership = np.zeros((self.length, len(self)), dtype=np.int64)
+        membership[self.rows, np.arange(len(self))] = 1
+        return x.combine_rows(membership)
+
+    def row_max(self, x: DualArray) -> DualArray:
+        """Maximum of each row's pairs, ``(P,) -> (length,)``: ``P - length`` lookups.
+
+        A chain of pairwise maxima, run for all rows at once. Step ``j`` compares the
+        running maximum of every row that has a ``j``-th pair with that pair, and adds what
+        it gained back into place. The chain is ``length - 1`` lookups deep, whatever the
+        number of rows.
+        """
+        self._check(x, "row_max")
+        if x.zero_point:  # centered integers, so that the running maximum and the pairs share zero point 0
+            x = x.combine_rows(np.eye(len(self), dtype=np.int64))
+        running = x.take(self.starts)  # pair (i, 0) of every row
+        for j in range(1, self.length):
+            later = list(range(j, self.length))  # the rows that have a j-th pair
+            current = running.take(later)
+            gain = current.maximum(x.take([self.starts[i] + j for i in later])) - current  # >= 0
+            placement = np.zeros((self.length, len(later)), dtype=np.int64)
+            placement[later, np.arange(len(later))] = 1
+            running = running + gain.combine_rows(placement)
+        return running
+
+    def per_pair(self, x: DualArray) -> DualArray:
+        """Each row's value repeated for each of its pairs: ``(length, ...) -> (P, ...)``."""
+        if x.shape[0] != self.length:
+            raise ValueError(f"per_pair: expected {self.length} rows along the first axis, got shape {x.shape}")
+        return x.take(self.rows)
+
+
+class FastHead(QuantizedHead):
+    """A quantized head whose encrypted part costs a fraction of :class:`QuantizedHead`'s.
+
+    Same arguments, same projection, calibration and modes. :meth:`attend` computes the
+    causal pairs only, pays one lookup per product and uses a log-domain softmax (see the
+    module docstring). Its output is the weighted sum's accumulator (zero point 0, with
+    its own scale), not a re-quantized ``n_bits`` integer.
+    """
+
+    quantizer_names = ("input", "q", "k", "v", "exp", "probs")
+    product_steps = ("scores", "output")
+    design = "fast"
+
+    def __init__(
+        self,
+        weights,
+        n_bits: int,
+        n_bits_weights: int | None = None,
+        lookup_bits: int | None = None,
+        *,
+        one_lookup_products: bool = True,
+    ) -> None:
+        super().__init__(weights, n_bits, n_bits_weights, lookup_bits)
+        #: False: products as two quarter-square lookups, as in the published head (change 2 off).
+        self.one_lookup_products = bool(one_lookup_products)
+
+    def _operand(self, x: DualArray, step: str) -> DualArray:
+        """``x`` ready for the products of ``step``: carrying its squares (change 2), or as it is."""
+        return x.with_squares(self.drop_bits[step]) if self.one_lookup_products else x
+
+    def attend(
+        self, q: DualArray, k: DualArray, v: DualArray, record: list[tuple[str, DualArray]] | None = None
+    ) -> DualArray:
+        """``q, k, v (T, d) -> out (T, d)``: the encrypted part, on the causal pairs only."""
+        keep_step = _recorder(record)
+        qz, drop = self.quantizers, self.drop_bits
+        pairs = CausalPairs(q.shape[0])
+        with fhe.tag("scores"):
+            q2, k2 = self._operand(q, "scores"), self._operand(k, "scores")  # T d lookups each
+            products = q2.take(pairs.rows).multiply(k2.take(pairs.cols), drop_bits=drop["scores"])  # (P, d)
+            raw = products.sum(axis=-1) * self.weights.score_scale  # (P,)
+            scores = keep_step("scores (pairs j <= i)", self._observe("scores", raw))
+        with fhe.tag("softmax"):
+            shifted = keep_step("scores - row max", scores - pairs.per_pair(pairs.row_max(scores)))  # <= 0
+            e = keep_step("exp", shifted.exp(qz["exp"]))
+            smallest = e.scale if e.scale is not None else 1e-12  # a row sum is at least one quantum
+            log_sum = keep_step(
+                "log row sum",
+                pairs.row_sums(e).apply_at_scale(lambda t: np.log(np.maximum(t, smallest)), scores.scale),
+            )
+            probs = keep_step("probs", (shifted - pairs.per_pair(log_sum)).exp(qz["probs"]))  # (P,)
+        with fhe.tag("mix"):
+            p2 = self._operand(probs.reshape(len(pairs), 1), "output")  # P lookups
+            v2 = self._operand(v, "output")  # T d lookups
+            weighted = p2.multiply(v2.take(pairs.cols), drop_bits=drop["output"])  # (P, d)
+            return keep_step("output", self._observe("output", pairs.row_sums(weighted)))  # (T, d)
