@@ -34,7 +34,7 @@ PBS for ``T`` tokens, head dimension ``d`` and ``P = T (T + 1) / 2`` pairs:
 step          published (:class:`QuantizedHead`)        fast (:class:`FastHead`)
 ============  =======================================  =====================================
 scores        ``2 T**2 d + T**2``                       ``P d + 2 T d``
-softmax       ``T (T - 1) + 3 T**2 + T + 2 T**2``       ``T (T - 1) / 2 + 2 P + T``
+softmax       ``T (T - 1) + 2 T**2 + T + 2 T**2``       ``T (T - 1) / 2 + 2 P + T``
 mix           ``2 T**2 d + T d``                        ``P d + P + T d``
 ============  =======================================  =====================================
 
