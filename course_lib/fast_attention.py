@@ -38,7 +38,7 @@ softmax       ``T (T - 1) + 2 T**2 + T + 2 T**2``       ``T (T - 1) / 2 + 2 P + 
 mix           ``2 T**2 d + T d``                        ``P d + P + T d``
 ============  =======================================  =====================================
 
-Notebook 03 (section 8) adds the four changes one at a time and measures each.
+Notebook 03 (section 4) adds the four changes one at a time and measures each.
 """
 
 from __future__ import annotations
