@@ -39,9 +39,7 @@ PUBLISHED_GPT2_PBS_AT_6 = 11_622
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--lengths", type=int, nargs="+", default=[1, 2, 3, 4, 6, 8, 12, 16], help="sequence lengths"
-    )
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1, 2, 3, 4, 6, 8, 12, 16], help="sequence lengths")
     parser.add_argument("--designs", nargs="+", default=["fast", "published"], choices=["fast", "published"])
     parser.add_argument("--gpt2-full-layer-max-length", type=int, default=8, help="longest 12-head compilation")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output (default: %(default)s)")

@@ -139,6 +139,9 @@ class QuantizedHead:
     product_steps: tuple[str, ...] = PRODUCT_STEPS
     #: How :mod:`course_lib.fast_attention` and the benchmarks name this construction.
     design = "published"
+    #: Whether :meth:`attend` accepts the queries of the last tokens only (a KV-cache step);
+    #: this construction computes the full ``T x T`` scores, so it needs every query.
+    attends_last_rows = False
 
     def __init__(
         self, weights: HeadWeights, n_bits: int, n_bits_weights: int | None = None, lookup_bits: int | None = None
@@ -224,6 +227,11 @@ class QuantizedHead:
         self, q: DualArray, k: DualArray, v: DualArray, record: list[tuple[str, DualArray]] | None = None
     ) -> DualArray:
         """``q, k, v (T, d) -> out (T, d)``: the part that mixes tokens, compiled to FHE in notebook 03."""
+        if not q.shape[0] == k.shape[0] == v.shape[0]:
+            raise ValueError(
+                f"the published head attends with every token's query: q, k and v need the same number of tokens, "
+                f"got {q.shape[0]}, {k.shape[0]} and {v.shape[0]} (FastHead accepts the last queries only)"
+            )
         keep_step = _recorder(record)
         qz, drop = self.quantizers, self.drop_bits
         keep = causal_keep(q.shape[0])

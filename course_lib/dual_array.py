@@ -34,6 +34,7 @@ two encrypted arrays and max each cost programmable bootstraps (PBS).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -369,7 +370,7 @@ class DualArray:
         int_out = None
         if self.int is not None:
             theirs = other._centered()
-            if not np.isclose(other.scale, self.scale, rtol=1e-12, atol=0):
+            if not math.isclose(other.scale, self.scale, rel_tol=1e-12, abs_tol=0):
                 # Re-quantize the other operand onto our scale: one table lookup.
                 ratio = other.scale / self.scale
                 theirs = fhe.univariate(lambda q: np.rint(q * ratio).astype(np.int64))(theirs)
@@ -404,15 +405,24 @@ class DualArray:
         but concrete-python 2.10 fails to compile a concatenation of slices when the inputset makes
         some slices signed and others unsigned: "Transforming FHE boolean ops failed".)
         """
-        indices = [int(i) for i in indices]
+        rows = np.asarray(indices)
         n = self.shape[0]
-        if not indices or any(not 0 <= i < n for i in indices):
-            raise ShapeMismatchError(f"take: indices must be a non-empty list of rows in 0..{n - 1}, got {indices}")
-        selection = np.zeros((len(indices), n), dtype=np.int64)
-        selection[np.arange(len(indices)), indices] = 1
+        if (
+            rows.ndim != 1
+            or rows.size == 0
+            or not np.issubdtype(rows.dtype, np.integer)
+            or not (0 <= rows.min() and rows.max() < n)
+        ):
+            raise ShapeMismatchError(
+                f"take: indices must be a non-empty list of rows in 0..{n - 1}, got {list(indices)}"
+            )
 
         def pick(a: Any) -> Any:
-            return a[indices] if isinstance(a, np.ndarray) else _rows_product(selection, a)  # same rows, faster
+            if isinstance(a, np.ndarray):
+                return a[rows]  # the same rows as the product below, without building the matrix
+            selection = np.zeros((rows.size, n), dtype=np.int64)
+            selection[np.arange(rows.size), rows] = 1
+            return _rows_product(selection, a)
 
         return self._layout(pick)
 
@@ -564,7 +574,7 @@ class DualArray:
         self._check_same_mode(other, "maximum")
         _check_broadcast(self.shape, other.shape, "maximum")
         if self.int is not None and (
-            not np.isclose(other.scale, self.scale, rtol=1e-12, atol=0) or other.zero_point != self.zero_point
+            not math.isclose(other.scale, self.scale, rel_tol=1e-12, abs_tol=0) or other.zero_point != self.zero_point
         ):
             raise ValueError("maximum: both arrays must have the same scale and zero point (compare like with like)")
         int_out = None if self.int is None else self.int + fhe.univariate(_relu)(other.int - self.int)

@@ -54,17 +54,30 @@ class CausalPairs:
     """The (query, key) pairs a causal head needs for ``length`` tokens: ``(i, j)`` with ``j <= i``.
 
     They are laid out row after row: ``(0, 0), (1, 0), (1, 1), (2, 0), ...``. Row ``i``
-    holds ``i + 1`` pairs and starts at ``i (i + 1) / 2``. Every method only moves or adds
-    values (no lookup), except :meth:`row_max`.
+    holds ``i + 1`` pairs. Every method only moves or adds values (no lookup), except
+    :meth:`row_max`.
+
+    With ``queries`` set, only the last ``queries`` tokens ask (rows ``length - queries``
+    to ``length - 1``), still against the keys of every token before them: with
+    ``queries=1`` that is one step of generation with a KV cache (notebook 04). Rows are
+    then numbered from 0 among the queries: :attr:`rows` indexes ``q``, :attr:`cols`
+    indexes ``k`` and ``v``.
     """
 
-    def __init__(self, length: int) -> None:
+    def __init__(self, length: int, queries: int | None = None) -> None:
         if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
             raise ValueError(f"length must be a positive integer (tokens), got {length!r}")
-        self.length = int(length)
-        self.rows = [i for i in range(self.length) for _ in range(i + 1)]
-        self.cols = [j for i in range(self.length) for j in range(i + 1)]
-        self.starts = [i * (i + 1) // 2 for i in range(self.length)]
+        queries = length if queries is None else queries
+        if isinstance(queries, bool) or not isinstance(queries, int | np.integer) or not 1 <= queries <= length:
+            raise ValueError(f"queries must be an integer from 1 to length={length}, got {queries!r}")
+        self.length, self.queries = int(length), int(queries)
+        first = self.length - self.queries  # the position of the first query
+        #: Per pair: the query's row (0 to ``queries - 1``) and the key's token (0 to ``length - 1``).
+        self.rows = [r for r in range(self.queries) for _ in range(first + r + 1)]
+        self.cols = [j for r in range(self.queries) for j in range(first + r + 1)]
+        #: Per query row: how many pairs it has, and where they start.
+        self.counts = [first + r + 1 for r in range(self.queries)]
+        self.starts = [int(s) for s in np.cumsum([0, *self.counts[:-1]])]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -74,14 +87,14 @@ class CausalPairs:
             raise ValueError(f"{what}: expected {len(self)} pairs along the first axis, got shape {x.shape}")
 
     def row_sums(self, x: DualArray) -> DualArray:
-        """Sum the pairs of each row: ``(P, ...) -> (length, ...)`` (a clear 0/1 matrix product)."""
+        """Sum the pairs of each row: ``(P, ...) -> (queries, ...)`` (a clear 0/1 matrix product)."""
         self._check(x, "row_sums")
-        membership = np.zeros((self.length, len(self)), dtype=np.int64)
+        membership = np.zeros((self.queries, len(self)), dtype=np.int64)
         membership[self.rows, np.arange(len(self))] = 1
         return x.combine_rows(membership)
 
     def row_max(self, x: DualArray) -> DualArray:
-        """Maximum of each row's pairs, ``(P,) -> (length,)``: ``P - length`` lookups.
+        """Maximum of each row's pairs, ``(P,) -> (queries,)``: ``P - queries`` lookups.
 
         A chain of pairwise maxima, run for all rows at once. Step ``j`` compares the
         running maximum of every row that has a ``j``-th pair with that pair, and adds what
@@ -93,18 +106,18 @@ class CausalPairs:
             x = x.combine_rows(np.eye(len(self), dtype=np.int64))
         running = x.take(self.starts)  # pair (i, 0) of every row
         for j in range(1, self.length):
-            later = list(range(j, self.length))  # the rows that have a j-th pair
+            later = [r for r in range(self.queries) if self.counts[r] > j]  # the rows that have a j-th pair
             current = running.take(later)
-            gain = current.maximum(x.take([self.starts[i] + j for i in later])) - current  # >= 0
-            placement = np.zeros((self.length, len(later)), dtype=np.int64)
+            gain = current.maximum(x.take([self.starts[r] + j for r in later])) - current  # >= 0
+            placement = np.zeros((self.queries, len(later)), dtype=np.int64)
             placement[later, np.arange(len(later))] = 1
             running = running + gain.combine_rows(placement)
         return running
 
     def per_pair(self, x: DualArray) -> DualArray:
-        """Each row's value repeated for each of its pairs: ``(length, ...) -> (P, ...)``."""
-        if x.shape[0] != self.length:
-            raise ValueError(f"per_pair: expected {self.length} rows along the first axis, got shape {x.shape}")
+        """Each row's value repeated for each of its pairs: ``(queries, ...) -> (P, ...)``."""
+        if x.shape[0] != self.queries:
+            raise ValueError(f"per_pair: expected {self.queries} rows along the first axis, got shape {x.shape}")
         return x.take(self.rows)
 
 
@@ -120,6 +133,7 @@ class FastHead(QuantizedHead):
     quantizer_names = ("input", "q", "k", "v", "exp", "probs")
     product_steps = ("scores", "output")
     design = "fast"
+    attends_last_rows = True
 
     def __init__(
         self,
@@ -141,10 +155,19 @@ class FastHead(QuantizedHead):
     def attend(
         self, q: DualArray, k: DualArray, v: DualArray, record: list[tuple[str, DualArray]] | None = None
     ) -> DualArray:
-        """``q, k, v (T, d) -> out (T, d)``: the encrypted part, on the causal pairs only."""
+        """``q, k, v (T, d) -> out (T, d)``: the encrypted part, on the causal pairs only.
+
+        ``q`` may hold only the last ``Q <= T`` tokens' queries (``k`` and ``v`` still hold all
+        ``T`` tokens): then ``out`` is ``(Q, d)``, those tokens' rows of the full output, the same
+        integers. That is one step of generation with a KV cache (notebook 04).
+        """
+        if q.shape[0] > k.shape[0] or k.shape != v.shape:
+            raise ValueError(
+                f"attend takes q (Q, d) and k, v (T, d) with Q <= T, got q {q.shape}, k {k.shape}, v {v.shape}"
+            )
         keep_step = _recorder(record)
         qz, drop = self.quantizers, self.drop_bits
-        pairs = CausalPairs(q.shape[0])
+        pairs = CausalPairs(k.shape[0], queries=q.shape[0])
         with fhe.tag("scores"):
             q2, k2 = self._operand(q, "scores"), self._operand(k, "scores")  # T d lookups each
             products = q2.take(pairs.rows).multiply(k2.take(pairs.cols), drop_bits=drop["scores"])  # (P, d)
@@ -163,4 +186,4 @@ class FastHead(QuantizedHead):
             p2 = self._operand(probs.reshape(len(pairs), 1), "output")  # P lookups
             v2 = self._operand(v, "output")  # T d lookups
             weighted = p2.multiply(v2.take(pairs.cols), drop_bits=drop["output"])  # (P, d)
-            return keep_step("output", self._observe("output", pairs.row_sums(weighted)))  # (T, d)
+            return keep_step("output", self._observe("output", pairs.row_sums(weighted)))  # (Q, d)

@@ -20,6 +20,12 @@ the real rows (the tests check this bit for bit). One circuit, one set of keys a
 server artifact then serve every prompt up to that length, at the cost of always paying
 for the full length.
 
+**Generation.** A circuit compiled with ``queries=1`` computes only the last token's
+output, from that token's query and the keys and values of every token (``length``
+exactly, no padding): one step of generation with a KV cache, the earlier rows' outputs
+being those of earlier steps (notebook 04). Its cost grows as ``length`` instead of
+``length**2``.
+
 Three ways to run the same integers, each checked against the previous one:
 
 - :meth:`HeadCircuit.clear`: :meth:`~QuantizedHead.attend` on NumPy integers (notebook 02's
@@ -90,6 +96,7 @@ class CircuitSummary:
         input_bytes: size of one encrypted input (q, k and v, each ``(length, head_dim)``).
         output_bytes: size of one encrypted output.
         compile_seconds: wall time of the compilation.
+        queries: how many of the last tokens the circuit computes the output of (``length``: all).
     """
 
     n_bits: int
@@ -103,6 +110,7 @@ class CircuitSummary:
     input_bytes: int
     output_bytes: int
     compile_seconds: float
+    queries: int | None = None
 
     def rows(self) -> list[tuple[str, str]]:
         """(label, value) pairs, in the order :meth:`__str__` prints them."""
@@ -110,7 +118,7 @@ class CircuitSummary:
         rounding = "none" if self.lookup_bits is None else f"lookup inputs rounded to {self.lookup_bits} bits"
         return [
             ("activations", f"{self.n_bits} bits ({rounding})"),
-            ("sequence length", f"{self.length} tokens (shorter prompts are padded)"),
+            ("sequence length", self._length_text()),
             ("max bit width", f"{self.max_bit_width} bits"),
             ("PBS per run", f"{self.pbs_count:,} ({steps})"),
             ("complexity", f"{self.complexity:.3g}"),
@@ -118,6 +126,12 @@ class CircuitSummary:
             ("one input ciphertext", _megabytes(self.input_bytes)),
             ("one output ciphertext", _megabytes(self.output_bytes)),
         ]
+
+    def _length_text(self) -> str:
+        if self.queries is not None and self.queries < self.length:
+            last = "the last token's" if self.queries == 1 else f"the last {self.queries} tokens'"
+            return f"{self.length} tokens, {last} output only (a generation step with a KV cache)"
+        return f"{self.length} tokens (shorter prompts are padded)"
 
     def __str__(self) -> str:
         rows = self.rows()
@@ -157,6 +171,12 @@ class HeadCircuit:
             cut into windows of ``length`` rows and padded, they form the compiler's inputset.
         length: the compiled sequence length.
         config: a concrete ``fhe.Configuration`` (default: :func:`configuration`).
+        queries: compute the output of the last ``queries`` tokens only (default: all ``length``).
+            With ``queries=1`` the circuit is one step of generation with a KV cache: ``q`` is
+            ``(1, n_heads * head_dim)``, ``k`` and ``v`` have exactly ``length`` rows, and the output
+            is the last token's row of the full circuit's output, the same integers. Needs heads whose
+            :meth:`~QuantizedHead.attend` accepts fewer queries than keys
+            (:class:`~course_lib.fast_attention.FastHead`).
 
     The circuit takes three encrypted inputs, the integers of the heads' ``q``, ``k`` and ``v``,
     each ``(length, n_heads * head_dim)`` with head ``h`` in columns ``h * head_dim`` to
@@ -173,6 +193,8 @@ class HeadCircuit:
         inputs: Sequence[np.ndarray],
         length: int = DEFAULT_LENGTH,
         config: fhe.Configuration | None = None,
+        *,
+        queries: int | None = None,
     ) -> None:
         self.heads: list[QuantizedHead] = [heads] if isinstance(heads, QuantizedHead) else list(heads)
         if not self.heads or not all(isinstance(h, QuantizedHead) for h in self.heads):
@@ -186,6 +208,16 @@ class HeadCircuit:
             raise ValueError(f"length must be a positive integer (tokens), got {length!r}")
         self.head_dim = dims[0]
         self.length = int(length)
+        queries = self.length if queries is None else queries
+        if isinstance(queries, bool) or not isinstance(queries, int | np.integer) or not 1 <= queries <= self.length:
+            raise ValueError(f"queries must be an integer from 1 to length={self.length}, got {queries!r}")
+        #: The circuit computes the outputs of the last ``queries`` tokens.
+        self.queries = int(queries)
+        if self.is_step and not all(h.attends_last_rows for h in self.heads):
+            raise ValueError(
+                "queries < length needs heads that attend for the last tokens only (the fast design, FastHead); "
+                f"got {', '.join(sorted({type(h).__name__ for h in self.heads}))}"
+            )
         #: ``input_params[h][name]``: the quantizer parameters of head ``h``'s q, k and v.
         self.input_params: list[dict[str, QuantParams]] = [
             {name: h.quantizers[name].params for name in CIRCUIT_INPUTS} for h in self.heads
@@ -204,6 +236,11 @@ class HeadCircuit:
         start = time.perf_counter()
         self.circuit: fhe.Circuit = compiler.compile(self.inputset, configuration=config or configuration())
         self.compile_seconds = time.perf_counter() - start
+
+    @property
+    def is_step(self) -> bool:
+        """True if the circuit computes only the last tokens' outputs (``queries < length``)."""
+        return self.queries < self.length
 
     @property
     def head(self) -> QuantizedHead:
@@ -250,11 +287,21 @@ class HeadCircuit:
         Every prefix of the first input is included too, so that padded sequences of every
         length are part of what the compiler measures. (Extreme made-up samples, such as all
         ``q`` and ``k`` at their largest, would widen every bit width for values real text
-        never produces.)
+        never produces.) A generation step's circuit (``queries < length``) is not padded: its
+        samples are the same windows, with the queries of their last tokens.
         """
         projected = [self.encode(x, pad=False) for x in inputs]
         if not projected:
             raise ValueError("compiling needs at least one calibration input, got none")
+        if self.is_step:
+            windows = [
+                tuple(a[start : start + self.length] for a in qkv)
+                for qkv in projected
+                for start in range(0, qkv[0].shape[0] - self.length + 1, self.length)
+            ]
+            if not windows:
+                raise ValueError(f"no calibration input has {self.length} tokens, the length of this circuit")
+            return [(q[-self.queries :], k, v) for q, k, v in windows]
         inputset = []
         for qkv in projected:
             tokens = qkv[0].shape[0]
@@ -283,6 +330,7 @@ class HeadCircuit:
             input_bytes=int(circuit.size_of_inputs),
             output_bytes=int(circuit.size_of_outputs),
             compile_seconds=self.compile_seconds,
+            queries=self.queries,
         )
 
     @property
@@ -307,6 +355,7 @@ class HeadCircuit:
             "length": self.length,
             "inputs": list(CIRCUIT_INPUTS),
             "input_shape": [self.length, len(self.heads) * self.head_dim],
+            "queries": self.queries,
             "heads": len(self.heads),
             "n_bits": self.heads[0].n_bits,
         }
@@ -318,11 +367,14 @@ class HeadCircuit:
         """Float attention input ``(T, n_embd)`` to the circuit's integer inputs ``q, k, v``.
 
         This is the client's clear computation: quantize ``x``, project it with each head's
-        clear weights, quantize ``q, k, v``; then pad to the compiled length.
+        clear weights, quantize ``q, k, v``; then pad to the compiled length (a generation step's
+        circuit: keep the last tokens' queries). With ``pad=False``, all of ``q, k, v``, as they are.
         """
         per_head = [head.project(head.quantize_input(x)) for head in self.heads]
-        qkv = tuple(self._joined([np.asarray(p[i].int) for p in per_head]) for i in range(3))
-        return self.prepare(*qkv) if pad else qkv
+        q, k, v = (self._joined([np.asarray(p[i].int) for p in per_head]) for i in range(3))
+        if not pad:
+            return q, k, v
+        return self.prepare(q[-self.queries :] if self.is_step else q, k, v)
 
     def _pad(self, qkv: Sequence[np.ndarray]) -> QKV:
         padded = []
@@ -340,6 +392,8 @@ class HeadCircuit:
         """
         width = len(self.heads) * self.head_dim
         arrays = [np.asarray(a) for a in (q, k, v)]
+        if self.is_step:
+            self._check_step_shapes(arrays, width)
         tokens = arrays[0].shape[0] if arrays[0].ndim == 2 else None
         if tokens is not None and tokens > self.length:
             raise SequenceLengthError(
@@ -347,7 +401,9 @@ class HeadCircuit:
                 f"use at most {self.length} tokens or compile a HeadCircuit with length={tokens}"
             )
         for name, a in zip(CIRCUIT_INPUTS, arrays, strict=True):
-            if a.ndim != 2 or a.shape[1] != width or a.shape[0] != tokens or not 1 <= a.shape[0] <= self.length:
+            if self.is_step:
+                pass  # shapes checked above
+            elif a.ndim != 2 or a.shape[1] != width or a.shape[0] != tokens or not 1 <= a.shape[0] <= self.length:
                 raise SequenceLengthError(
                     f"the circuit takes q, k and v of shape (T, {width}) with the same 1 <= T <= {self.length} "
                     f"(compiled sequence length {self.length}); {name} has shape {a.shape}"
@@ -365,11 +421,21 @@ class HeadCircuit:
                         f"range the circuit was compiled for), got values from {int(block.min())} to "
                         f"{int(block.max())}; outside it an encrypted value would wrap around silently"
                     )
-        return self._pad(arrays)
+        return arrays if self.is_step else self._pad(arrays)
+
+    def _check_step_shapes(self, arrays: list[np.ndarray], width: int) -> None:
+        expected = {"q": (self.queries, width), "k": (self.length, width), "v": (self.length, width)}
+        for name, a in zip(CIRCUIT_INPUTS, arrays, strict=True):
+            if a.shape != expected[name]:
+                raise SequenceLengthError(
+                    f"this generation step's circuit takes q of shape {expected['q']} (the last "
+                    f"{self.queries} token{'s' * (self.queries > 1)}) and k, v of shape {expected['k']} (exactly "
+                    f"{self.length} tokens, no padding); {name} has shape {a.shape}"
+                )
 
     # -- three ways to run it ----------------------------------------------------------------------
     def clear(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """The encrypted part on clear NumPy integers: padded inputs in, ``(length, head_dim)`` integers out."""
+        """The encrypted part on clear NumPy integers: the integers the circuit outputs, padding rows included."""
         return np.asarray(self._joined([out.int for out in self._attend(*self.prepare(q, k, v))]))
 
     def simulate(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -410,6 +476,7 @@ class HeadCircuit:
         return (
             f"HeadCircuit({len(self.heads)} head{'s' * (len(self.heads) > 1)}, n_bits={self.heads[0].n_bits}, "
             f"lookup_bits={self.heads[0].lookup_bits}, length={self.length}, "
+            f"{f'queries={self.queries}, ' if self.is_step else ''}"
             f"max bit width {self.circuit.graph.maximum_integer_bit_width()}, "
             f"{self.circuit.programmable_bootstrap_count:,} PBS)"
         )

@@ -24,7 +24,11 @@ Modes of the swapped head:
   set, on a server (:class:`course_lib.client.RemoteHead`).
 
 In the last two modes sequences are padded to the circuit's length, and longer ones are
-refused with an error naming that length.
+refused with an error naming that length; unless generation-step circuits were compiled
+(``compile(..., steps_up_to=...)``): then a sequence that extends the previous one by a
+token runs the step circuit of its length, which computes only the new token's row (the
+earlier rows are those of the previous run, kept by the client): generation with a KV
+cache, notebook 04.
 """
 
 from __future__ import annotations
@@ -32,14 +36,17 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .attention import HeadWeights, QuantizedHead
 from .evaluation import encode_passage
 from .fast_attention import FastHead
 from .fhe import DEFAULT_LENGTH, HeadCircuit
+from .keys import KeyReport, cached_keys_path, ensure_keys, keys_loaded, unload_keys
 from .quantization import check_n_bits
 
 MODES: tuple[str, ...] = ("float", "quantized", "simulate", "execute")
@@ -100,6 +107,20 @@ def encode_prompt(tokenizer, prompt: str, max_length: int) -> torch.Tensor:
     return ids
 
 
+@dataclass(frozen=True)
+class _PreviousRun:
+    """What the client keeps from the last encrypted (or simulated) run: its integer inputs and real outputs."""
+
+    qkv: tuple[np.ndarray, np.ndarray, np.ndarray]
+    output: np.ndarray
+
+    def extended_by_one(self, qkv: Sequence[np.ndarray]) -> bool:
+        """True if ``qkv`` is this run's input with one more token at the end."""
+        return all(
+            a.shape[0] == b.shape[0] + 1 and np.array_equal(a[:-1], b) for a, b in zip(qkv, self.qkv, strict=True)
+        )
+
+
 class SwappedHead:
     """Head ``head`` of layer ``layer`` of a GPT-2, replaced by a quantized head.
 
@@ -149,6 +170,11 @@ class SwappedHead:
         self._mode = "float"
         self.calibration_inputs: list[np.ndarray] = []
         self.circuit: HeadCircuit | None = None
+        #: Generation-step circuits by sequence length (see :meth:`compile`).
+        self.step_circuits: dict[int, HeadCircuit] = {}
+        self.last_circuit: HeadCircuit | None = None  # the circuit of the last simulate/execute run
+        self._previous: _PreviousRun | None = None
+        self.key_cache_dir = None  # where "execute" looks for keys it has to load (None: course_lib.keys' default)
         self.remote = None  # a course_lib.client.RemoteHead: "execute" then runs on that server
         self.last_seconds: float | None = None  # time of the head's last run in simulate/execute mode
         self.last_run = None  # details of the last execution: times (local) or RunStats (remote)
@@ -195,18 +221,69 @@ class SwappedHead:
             raise RuntimeError(f"calibrate the head before using mode {mode!r}: swap.calibrate(tokenizer, prompts)")
         if mode in ("simulate", "execute") and self.circuit is None:
             raise RuntimeError(f"compile the head before using mode {mode!r}: swap.compile()")
-        if mode == "execute" and self.remote is None and not self.circuit.circuit.keys.are_generated:
-            raise RuntimeError(
-                "mode 'execute' needs the circuit's keys: course_lib.keys.ensure_keys(swap.circuit.circuit)"
-            )
+        if mode == "execute" and self.remote is None:
+            missing = [
+                c
+                for c in self.circuits
+                if not c.circuit.keys.are_generated and not cached_keys_path(c.circuit, self.key_cache_dir)
+            ]
+            if missing:
+                raise RuntimeError(
+                    "mode 'execute' needs the circuits' keys: swap.ensure_keys(), or "
+                    "course_lib.keys.ensure_keys(swap.circuit.circuit) for the circuit alone"
+                )
         self._mode = mode
+        self._previous = None
 
-    def compile(self, length: int = DEFAULT_LENGTH, config=None) -> HeadCircuit:
-        """Compile the head's encrypted part for sequences of up to ``length`` tokens (kept in :attr:`circuit`)."""
+    def compile(
+        self, length: int = DEFAULT_LENGTH, config=None, *, steps_up_to: int | None = None, progress: bool = False
+    ) -> HeadCircuit:
+        """Compile the head's encrypted part for sequences of up to ``length`` tokens (kept in :attr:`circuit`).
+
+        With ``steps_up_to``, also compile a generation-step circuit (``HeadCircuit(..., queries=1)``)
+        for every length from ``length + 1`` to ``steps_up_to`` (kept in :attr:`step_circuits`):
+        the prompt runs through :attr:`circuit`, each later token through the step circuit of its
+        length. ``progress`` shows a bar over the circuits. Returns :attr:`circuit`.
+        """
         if not self.is_calibrated:
             raise RuntimeError("calibrate the head before compiling it: swap.calibrate(tokenizer, prompts)")
-        self.circuit = HeadCircuit(self.heads, self.calibration_inputs, length, config)
+        if steps_up_to is not None and (
+            isinstance(steps_up_to, bool) or not isinstance(steps_up_to, int | np.integer) or steps_up_to <= length
+        ):
+            raise ValueError(f"steps_up_to must be an integer larger than length={length}, got {steps_up_to!r}")
+        lengths = [length, *range(length + 1, (steps_up_to or length) + 1)]
+        compiled = [
+            HeadCircuit(self.heads, self.calibration_inputs, n, config, queries=None if n == length else 1)
+            for n in tqdm(lengths, desc="compiling", unit="circuit", disable=not progress)
+        ]
+        self.circuit, self.step_circuits = compiled[0], {c.length: c for c in compiled[1:]}
+        self._previous = None
         return self.circuit
+
+    @property
+    def circuits(self) -> list[HeadCircuit]:
+        """Every compiled circuit: :attr:`circuit`, then the step circuits by length."""
+        if self.circuit is None:
+            return []
+        return [self.circuit, *(self.step_circuits[n] for n in sorted(self.step_circuits))]
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest sequence the compiled circuits can read (0 before :meth:`compile`)."""
+        return max((c.length for c in self.circuits), default=0)
+
+    def ensure_keys(self, cache_dir=None, *, progress: bool = True) -> list[KeyReport]:
+        """Generate (or find in the cache) the keys of every circuit, and leave them on disk.
+
+        ``"execute"`` then loads each circuit's keys for its run and forgets them after, so
+        that one circuit's decompressed keys at most are in memory (see :mod:`course_lib.keys`).
+        """
+        self.key_cache_dir = cache_dir
+        reports = []
+        for compiled in self.circuits:
+            reports.append(ensure_keys(compiled.circuit, cache_dir, progress=progress))
+            unload_keys(compiled.circuit)
+        return reports
 
     # -- hooks -----------------------------------------------------------------------------------
     def _keep_input(self, module, args, kwargs):
@@ -240,15 +317,26 @@ class SwappedHead:
         if self._mode == "quantized":
             return np.concatenate([head.run(x).dequantize() for head in self.heads], axis=1)
         start = time.perf_counter()
-        qkv = self.circuit.encode(x)  # the client's clear part, padded (too long: SequenceLengthError)
-        if self._mode == "simulate":
-            out = self.circuit.simulate(*qkv)
-        elif self.remote is not None:
-            out, self.last_run = self.remote.run(*qkv)
+        qkv = self.circuit.encode(x, pad=False)  # the client's clear part
+        step = self.step_circuits.get(len(x))
+        previous, self._previous = self._previous, None
+        if step is not None and self.remote is None and previous is not None and previous.extended_by_one(qkv):
+            circuit, inputs = step, (qkv[0][-1:], *qkv[1:])  # the new token's query, every key and value
         else:
-            out, self.last_run = self.circuit.timed_execute(*qkv)
+            circuit, inputs = self.circuit, qkv  # padded by prepare (too long: SequenceLengthError)
+        if self._mode == "simulate":
+            out = circuit.simulate(*inputs)
+        elif self.remote is not None:
+            out, self.last_run = self.remote.run(*circuit.prepare(*inputs))
+        else:
+            with keys_loaded(circuit.circuit, self.key_cache_dir):
+                out, self.last_run = circuit.timed_execute(*inputs)
+        rows = circuit.dequantize(out, tokens=len(x) if circuit is self.circuit else None)
+        output = np.concatenate([previous.output, rows]) if circuit is step else rows
+        self._previous = _PreviousRun(tuple(qkv), output)
+        self.last_circuit = circuit
         self.last_seconds = time.perf_counter() - start
-        return self.circuit.dequantize(out, tokens=len(x))
+        return output
 
     # -- calibration and inputs ----------------------------------------------------------------
     def attention_inputs(self, tokenizer, texts: Iterable[str]) -> list[np.ndarray]:

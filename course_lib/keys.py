@@ -12,6 +12,12 @@ parameters and encodings). A circuit that differs in anything gets other keys.
 Where: ``$COURSE_KEY_CACHE`` if set, else ``~/.cache/fhe-gpt2-course/keys``. The folder
 holds **secret keys**: it is for your own machine, never for a server or a repository.
 The cached files are concrete's own serialization, unencrypted.
+
+**Memory.** Loaded keys take about their file's size in memory, but during its first run
+concrete decompresses the evaluation keys and keeps them so: about 2 GB for the course's
+4-bit circuits. A process that runs several circuits in turn (generation, notebook 04)
+therefore keeps their keys on disk and loads each circuit's for its run only
+(:func:`keys_loaded`, :func:`unload_keys`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,17 +88,18 @@ def ensure_keys(circuit: fhe.Circuit, cache_dir: str | Path | None = None, *, pr
     Args:
         circuit: a compiled concrete circuit (e.g. ``HeadCircuit(...).circuit``).
         cache_dir: the cache folder (default: :func:`key_cache_dir`).
-        progress: show a tqdm timer while keys are generated.
+        progress: show a tqdm timer while keys are generated or loaded (the same bar either way, so that
+            a notebook's outputs do not depend on the state of the cache).
     """
     fingerprint = circuit_fingerprint(circuit)
     folder = key_cache_dir(cache_dir) / fingerprint
     path = folder / KEYS_FILE
     start = time.perf_counter()
     if path.exists():
-        circuit.keys.load(path)
+        _with_timer(lambda: circuit.keys.load(path), progress)
         generated = False
     else:
-        _generate_with_timer(circuit, progress)
+        _with_timer(lambda: circuit.keygen(force=True), progress)
         folder.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
         partial.unlink(missing_ok=True)  # left over from an interrupted run
@@ -102,22 +111,64 @@ def ensure_keys(circuit: fhe.Circuit, cache_dir: str | Path | None = None, *, pr
     return KeyReport(fingerprint, path, generated, seconds, evaluation_key_bytes)
 
 
-def _generate_with_timer(circuit: fhe.Circuit, progress: bool) -> None:
-    """``circuit.keygen()`` in a thread, with a tqdm timer ticking while it runs (keygen reports no progress)."""
+def _with_timer(work: Callable[[], object], progress: bool) -> None:
+    """``work()`` in a thread, with a tqdm timer ticking while it runs (key generation reports no progress)."""
     errors: list[BaseException] = []
 
-    def generate() -> None:
+    def run() -> None:
         try:
-            circuit.keygen(force=True)
+            work()
         except BaseException as error:  # re-raised in the caller's thread
             errors.append(error)
 
-    worker = threading.Thread(target=generate, name="keygen")
+    worker = threading.Thread(target=run, name="keys")
     worker.start()
-    with tqdm(desc="key generation", bar_format="{desc}: {elapsed} elapsed", disable=not progress) as timer:
+    with tqdm(desc="keys", bar_format="{desc}: {elapsed} elapsed", disable=not progress) as timer:
         while worker.is_alive():
             worker.join(timeout=0.5)
             timer.update(0)
             timer.refresh()
     if errors:
         raise errors[0]
+
+
+def cached_keys_path(circuit: fhe.Circuit, cache_dir: str | Path | None = None) -> Path | None:
+    """The circuit's keys file in the cache, or None if :func:`ensure_keys` has not made it yet."""
+    path = key_cache_dir(cache_dir) / circuit_fingerprint(circuit) / KEYS_FILE
+    return path if path.exists() else None
+
+
+def unload_keys(circuit: fhe.Circuit) -> None:
+    """Forget the circuit's keys in this process (the cache on disk keeps them).
+
+    This frees the memory of the keys, decompressed ones included; :func:`ensure_keys`
+    loads them again in about a second.
+    """
+    # concrete-python 2.10 has no public call to forget keys: give the client an empty key
+    # set for the same specs, as a freshly compiled circuit has.
+    circuit.client._keys = fhe.Keys(circuit.client.specs)  # noqa: SLF001
+
+
+@contextmanager
+def keys_loaded(circuit: fhe.Circuit, cache_dir: str | Path | None = None) -> Iterator[None]:
+    """Within the block the circuit has its keys; if they had to be loaded from the cache, they are forgotten after.
+
+    Keys already in memory are used and kept as they are.
+
+    Raises:
+        RuntimeError: the keys are neither in memory nor in the cache.
+    """
+    if circuit.keys.are_generated:
+        yield
+        return
+    path = cached_keys_path(circuit, cache_dir)
+    if path is None:
+        raise RuntimeError(
+            f"circuit {circuit_fingerprint(circuit)} has no keys in memory or in the cache "
+            f"({key_cache_dir(cache_dir)}): generate them first with course_lib.keys.ensure_keys(circuit)"
+        )
+    circuit.keys.load(path)
+    try:
+        yield
+    finally:
+        unload_keys(circuit)

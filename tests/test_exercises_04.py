@@ -8,21 +8,27 @@ from course_lib.exercises.nb03 import solution_fast_pbs_count
 from course_lib.exercises.nb04 import (
     feedback_cluster_seconds,
     feedback_full_attention_pbs,
-    feedback_max_new_tokens,
+    feedback_step_pbs,
     solution_cluster_seconds,
     solution_full_attention_pbs,
-    solution_max_new_tokens,
+    solution_step_pbs,
 )
 from course_lib.fast_attention import FastHead
 from course_lib.fhe import HeadCircuit
 
 
-def test_full_attention_formula_is_the_compilers_count():
+def calibrated_heads(n_heads: int, n_inputs: int, tokens: tuple[int, int]):
+    """``n_heads`` fast heads (width 8, head dim 4) calibrated on random inputs of ``tokens`` (low, high) rows."""
     rng = np.random.default_rng(0)
-    inputs = [rng.normal(size=(int(rng.integers(1, 7)), 8)) for _ in range(8)]
-    heads = [FastHead(HeadWeights.random(8, 4, seed=h), 4, lookup_bits=6) for h in range(3)]
+    inputs = [rng.normal(size=(int(rng.integers(*tokens)), 8)) for _ in range(n_inputs)]
+    heads = [FastHead(HeadWeights.random(8, 4, seed=h), 4, lookup_bits=6) for h in range(n_heads)]
     for head in heads:
         head.calibrate(inputs)
+    return heads, inputs
+
+
+def test_full_attention_formula_is_the_compilers_count():
+    heads, inputs = calibrated_heads(3, 8, (1, 7))
     count = HeadCircuit(heads, inputs, length=3).summary().pbs_count
     assert solution_full_attention_pbs(3, 3, 4) == count
     assert feedback_full_attention_pbs(solution_full_attention_pbs, {(3, 3, 4): count}).correct
@@ -37,12 +43,23 @@ def test_full_attention_feedback_for_usual_slips():
     assert "function" in feedback_full_attention_pbs(3).message
 
 
-def test_max_new_tokens_and_its_hints():
-    assert solution_max_new_tokens(3, 6) == 4 and solution_max_new_tokens(7, 6) == 0
-    assert feedback_max_new_tokens(solution_max_new_tokens).correct
-    assert "one more fits" in feedback_max_new_tokens(lambda p, n: n - p).message
-    assert feedback_max_new_tokens(None).status == "not attempted"
-    assert not feedback_max_new_tokens(lambda p, n: n).correct
+def test_step_formula_is_the_compilers_count():
+    heads, inputs = calibrated_heads(2, 12, (3, 9))
+    compiled = {(T, 2, 4): HeadCircuit(heads, inputs, length=T, queries=1).summary().pbs_count for T in (2, 3)}
+    assert all(solution_step_pbs(*case) == count for case, count in compiled.items())
+    assert feedback_step_pbs(solution_step_pbs, compiled).correct
+
+
+def test_step_feedback_for_usual_slips():
+    assert feedback_step_pbs(None).status == "not attempted"
+    assert "full circuit" in feedback_step_pbs(solution_full_attention_pbs).message
+    assert "one head" in feedback_step_pbs(lambda t, h, d: solution_step_pbs(t, 1, d)).message
+    assert "query needs its squares" in feedback_step_pbs(lambda t, h, d: h * (4 * t * d + 4 * t)).message
+    assert "probabilities" in feedback_step_pbs(lambda t, h, d: h * (4 * t * d + d + 3 * t)).message
+    assert "raised" in feedback_step_pbs(lambda t, h, d: 1 / 0).message
+    assert "function" in feedback_step_pbs(3).message
+    with pytest.raises(RuntimeError, match="disagrees"):
+        feedback_step_pbs(solution_step_pbs, {(2, 1, 4): 1})
 
 
 def test_cluster_seconds_and_its_hints():

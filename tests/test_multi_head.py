@@ -6,11 +6,12 @@ import torch
 
 from course_lib.attention import HeadWeights, QuantizedHead
 from course_lib.data import load_calibration_prompts
-from course_lib.fast_attention import FastHead
+from course_lib.dual_array import DualArray
+from course_lib.fast_attention import CausalPairs, FastHead
 from course_lib.fhe import HeadCircuit, InputRangeError, SequenceLengthError
 from course_lib.generation import generate
 from course_lib.gpt2 import SwappedAttention, SwappedHead
-from course_lib.keys import ensure_keys
+from course_lib.keys import ensure_keys, keys_loaded, unload_keys
 
 LENGTH = 4
 
@@ -111,7 +112,7 @@ def test_swapped_attention_modes_and_generation(bundled):
         assert simulated.token_ids == quantized.token_ids
         assert all(t.encrypted_seconds is not None for t in simulated.tokens)
         assert simulated.text == prompt + "".join(t.text for t in simulated.tokens)
-        with pytest.raises(ValueError, match=f"compiled for {n_prompt + 2}"):
+        with pytest.raises(ValueError, match=f"compiled for at most {n_prompt + 2}"):
             generate(model, tokenizer, prompt, 4, swap)
         with pytest.raises(ValueError, match="positive integer"):
             generate(model, tokenizer, prompt, 0, swap)
@@ -141,3 +142,112 @@ def test_swapped_attention_replaces_every_head(bundled):
     assert repr(swap).startswith("SwappedAttention(layer=1, heads=[0, 1, 2, 3]")
     with SwappedHead(model, 0, 2) as one:
         assert one.head_index == 2 and one.head is one.heads[0]
+
+
+# -- generation steps: the last token's row only (a KV cache) ------------------------------------------
+def test_causal_pairs_of_the_last_queries():
+    full, last = CausalPairs(5), CausalPairs(5, queries=2)
+    assert len(last) == 4 + 5 and last.counts == [4, 5] and last.starts == [0, 4]
+    assert last.rows == [0] * 4 + [1] * 5 and last.cols == [0, 1, 2, 3, 0, 1, 2, 3, 4]
+    assert [(r + 3, c) for r, c in zip(last.rows, last.cols, strict=True)] == list(
+        zip(full.rows, full.cols, strict=True)
+    )[6:]
+    for bad in (0, 6, 1.0, True):
+        with pytest.raises(ValueError, match="queries must be an integer from 1 to length=5"):
+            CausalPairs(5, queries=bad)
+
+
+@pytest.mark.parametrize("queries", [1, 2])
+def test_step_circuit_equals_the_last_rows_of_the_full_circuit(two_heads, queries):
+    heads, full = two_heads
+    step = HeadCircuit(heads, CALIBRATION, length=LENGTH, queries=queries)
+    assert step.is_step and "queries=" in repr(step) and "KV cache" in str(step.summary())
+    assert step.summary().pbs_count < full.summary().pbs_count
+    checked = 0
+    for x in small_inputs(n=8, seed=11):
+        if len(x) < LENGTH:
+            continue
+        q, k, v = full.encode(x[:LENGTH], pad=False)
+        rows = step.simulate(q[-queries:], k, v)
+        assert rows.shape == (queries, 8)
+        np.testing.assert_array_equal(rows, step.clear(q[-queries:], k, v))
+        np.testing.assert_array_equal(rows, full.clear(q, k, v)[LENGTH - queries :])
+        np.testing.assert_array_equal(step.encode(x[:LENGTH])[0], q[-queries:])
+        checked += 1
+    assert checked >= 3
+
+
+def test_step_circuit_checks(two_heads):
+    heads, full = two_heads
+    step = HeadCircuit(heads, CALIBRATION, length=LENGTH, queries=1)
+    q, k, v = full.encode(small_inputs(n=1, seed=4)[0][:3], pad=False)
+    with pytest.raises(SequenceLengthError, match=r"exactly 4 tokens, no padding\); k has shape \(3, 8\)"):
+        step.prepare(q[-1:], k, v)
+    with pytest.raises(SequenceLengthError, match=r"q of shape \(1, 8\)"):
+        step.prepare(q, k, v)
+    with pytest.raises(ValueError, match="queries must be an integer from 1 to length=4"):
+        HeadCircuit(heads, CALIBRATION, length=LENGTH, queries=5)
+    with pytest.raises(ValueError, match="the fast design"):
+        HeadCircuit(small_heads(design=QuantizedHead), CALIBRATION, length=3, queries=1)
+    with pytest.raises(ValueError, match="no calibration input has 40 tokens"):
+        HeadCircuit(heads, CALIBRATION, length=40, queries=1)
+    published = small_heads(n_heads=1, design=QuantizedHead)[0]
+    dual = [
+        DualArray.from_int(np.zeros((t, 4), dtype=np.int64), published.quantizers[n].params)
+        for t, n in ((1, "q"), (3, "k"), (3, "v"))
+    ]
+    with pytest.raises(ValueError, match="same number of tokens"):
+        published.attend(*dual)
+
+
+def test_keys_are_loaded_for_a_run_and_forgotten_after(two_heads, tmp_path):
+    _, circuit = two_heads
+    unload_keys(circuit.circuit)  # an earlier test generated them
+    with pytest.raises(RuntimeError, match="ensure_keys"):
+        with keys_loaded(circuit.circuit, tmp_path):
+            pass
+    ensure_keys(circuit.circuit, tmp_path, progress=False)
+    unload_keys(circuit.circuit)
+    assert not circuit.circuit.keys.are_generated
+    qkv = circuit.encode(small_inputs(n=1, seed=5)[0][:LENGTH])
+    with keys_loaded(circuit.circuit, tmp_path):
+        out = circuit.execute(*qkv)
+    assert not circuit.circuit.keys.are_generated
+    np.testing.assert_array_equal(out, circuit.simulate(*qkv))
+    ensure_keys(circuit.circuit, tmp_path, progress=False)
+    with keys_loaded(circuit.circuit, tmp_path):  # keys already in memory stay
+        pass
+    assert circuit.circuit.keys.are_generated
+
+
+def test_generation_runs_the_new_token_only_through_step_circuits(bundled):
+    model, tokenizer = bundled
+    prompt = "A key is"
+    n_prompt = tokenizer(prompt, return_tensors="pt")["input_ids"].shape[1]
+    with SwappedAttention(model, 0, n_bits=4, lookup_bits=6) as swap:
+        swap.calibrate(tokenizer, load_calibration_prompts(limit=16))
+        swap.mode = "quantized"
+        quantized = generate(model, tokenizer, prompt, 4, swap)
+        with pytest.raises(ValueError, match="steps_up_to must be an integer larger than length"):
+            swap.compile(length=n_prompt, steps_up_to=n_prompt)
+        swap.compile(length=n_prompt, steps_up_to=n_prompt + 2)
+        assert [c.length for c in swap.circuits] == [n_prompt, n_prompt + 1, n_prompt + 2]
+        assert swap.max_tokens == n_prompt + 2
+        swap.mode = "simulate"
+        simulated = generate(model, tokenizer, prompt, 3, swap)
+        assert simulated.token_ids == quantized.token_ids[:3]
+        assert [t.circuit for t in simulated.tokens] == [
+            f"full, {n_prompt} tokens",
+            f"step, {n_prompt + 1} tokens",
+            f"step, {n_prompt + 2} tokens",
+        ]
+        assert simulated.tokens[1].pbs < min(simulated.tokens[0].pbs, simulated.tokens[2].pbs)  # 4 tokens: 1 row
+        with pytest.raises(ValueError, match=f"compiled for at most {n_prompt + 2}: compile with steps_up_to"):
+            generate(model, tokenizer, prompt, 4, swap)
+        with pytest.raises(ValueError, match=f"compiled for {n_prompt}: use a shorter prompt"):
+            generate(model, tokenizer, prompt + " a secret", 1, swap)
+        # A sequence that does not extend the previous one by a token runs the full circuit again.
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            model(ids)
+        assert swap.last_circuit is swap.circuit

@@ -1,7 +1,7 @@
 """Exercises of notebook 04 (the full attention and encrypted generation): their checks and reference solutions.
 
 1. :func:`check_full_attention_pbs`: the PBS count of every head of a layer together.
-2. :func:`check_max_new_tokens`: how many tokens a fixed-length circuit lets you generate.
+2. :func:`check_step_pbs`: the PBS count of one generation step (the new token's row only).
 3. :func:`check_cluster_seconds`: the time of a GPT-2-sized encrypted layer on a big machine, on paper.
 """
 
@@ -70,43 +70,60 @@ def check_full_attention_pbs(answer: object, compiled: dict[tuple[int, int, int]
 
 
 # ---------------------------------------------------------------------- exercise 2
-EX2_CASES: tuple[tuple[int, int], ...] = ((1, 4), (3, 6), (4, 4), (2, 16), (5, 5))
+#: (tokens, heads, head dimension) on which an answer to exercise 2 is checked (a step reads at least 2 tokens).
+EX2_CASES: tuple[tuple[int, int, int], ...] = ((2, 4, 32), (5, 4, 32), (6, 12, 64), (16, 12, 64), (3, 2, 8))
 
 
-def solution_max_new_tokens(prompt_tokens: int, compiled_length: int) -> int:
-    """Tokens a circuit of ``compiled_length`` lets you generate after ``prompt_tokens`` tokens.
+def solution_step_pbs(T: int, n_head: int, head_dim: int) -> int:  # noqa: N803 (T as in the notebook)
+    """PBS of one generation step on ``T`` tokens: the new token's row of every fast head.
 
-    The step that makes token ``n`` reads the prompt and the ``n - 1`` tokens before it, so
-    ``prompt_tokens + n - 1 <= compiled_length``.
+    Per head: the squares of the new query (``d``) and of every key and value (``2 T d``), one
+    lookup per product of the ``T`` scores and of the ``T`` weighted values (``2 T d``), and
+    for the softmax of one row a max chain (``T - 1``), ``exp`` (``T``), one log, ``exp`` again
+    (``T``) and the probabilities' squares (``T``).
     """
-    return max(0, compiled_length - prompt_tokens + 1)
+    return n_head * (4 * T * head_dim + head_dim + 4 * T)
 
 
-def feedback_max_new_tokens(answer: object) -> Feedback:
-    """Judge ``answer``: a function ``(prompt_tokens, compiled_length) -> new tokens``."""
+def feedback_step_pbs(answer: object, compiled: dict[tuple[int, int, int], int] | None = None) -> Feedback:
+    """Judge ``answer``: a function ``(T, n_head, head_dim) -> PBS count`` of a generation step.
+
+    ``compiled`` maps some ``(T, n_head, head_dim)`` to the compiler's count of a step circuit;
+    the reference is checked against them too.
+    """
     if answer is None:
-        return not_attempted("define `max_new_tokens(prompt_tokens, compiled_length)`.")
+        return not_attempted("define `step_pbs(T, n_head, head_dim)` returning a generation step's PBS count.")
     if not callable(answer):
-        return wrong(f"`max_new_tokens` must be a function, got {type(answer).__name__}.")
-    for prompt_tokens, length in EX2_CASES:
+        return wrong(f"`step_pbs` must be a function of (T, n_head, head_dim), got {type(answer).__name__}.")
+    for case, count in (compiled or {}).items():
+        if solution_step_pbs(*case) != count:
+            raise RuntimeError(f"the reference formula disagrees with the compiler at {case}")
+    for case in EX2_CASES:
+        T, n_head, d = case  # noqa: N806
         try:
-            got = answer(prompt_tokens, length)
+            got = answer(*case)
         except Exception as error:  # the learner's error is feedback, not a crash
-            return wrong(f"max_new_tokens({prompt_tokens}, {length}) raised {type(error).__name__}: {error}")
-        expected = solution_max_new_tokens(prompt_tokens, length)
+            return wrong(f"step_pbs{case} raised {type(error).__name__}: {error}")
         if not _is_whole(got):
-            return wrong(f"max_new_tokens({prompt_tokens}, {length}) returned {got!r}: give a whole number.")
+            return wrong(f"step_pbs{case} returned {got!r}: give a whole number.")
+        expected = solution_step_pbs(*case)
         if int(got) == expected:
             continue
-        if int(got) == expected - 1:
-            return wrong("one more fits: the last new token is never fed back in, so its step reads one token less.")
-        return wrong(f"max_new_tokens({prompt_tokens}, {length}) = {int(got)}, but {expected} fit.")
-    return correct("length - prompt + 1: the circuit's length bounds prompt and answer together.")
+        if int(got) == solution_full_attention_pbs(*case):
+            return wrong("that is the full circuit, every row; a step computes the new token's row only.")
+        if int(got) == expected // n_head:
+            return wrong("that is one head; the step runs every head of the layer.")
+        if int(got) == n_head * (4 * T * d + 4 * T):
+            return wrong("almost: the new token's query needs its squares too (d lookups per head).")
+        if int(got) == n_head * (4 * T * d + d + 3 * T):
+            return wrong("almost: the probabilities are multiplied by the values too, so they need their squares.")
+        return wrong(f"step_pbs{case} = {int(got):,}, the compiler counts {expected:,}.")
+    return correct("linear in T: the new row pays for every earlier token once, never for their rows again.")
 
 
-def check_max_new_tokens(answer: object) -> None:
+def check_step_pbs(answer: object, compiled: dict[tuple[int, int, int], int] | None = None) -> None:
     """Print the feedback on exercise 2."""
-    print(feedback_max_new_tokens(answer))
+    print(feedback_step_pbs(answer, compiled))
 
 
 # ---------------------------------------------------------------------- exercise 3
