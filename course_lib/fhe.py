@@ -234,7 +234,17 @@ class HeadCircuit:
 
         compiler = fhe.Compiler(attend_on_integers, dict.fromkeys(CIRCUIT_INPUTS, "encrypted"))
         start = time.perf_counter()
-        self.circuit: fhe.Circuit = compiler.compile(self.inputset, configuration=config or configuration())
+        try:
+            self.circuit: fhe.Circuit = compiler.compile(self.inputset, configuration=config or configuration())
+        except RuntimeError as error:
+            if "NoParametersFound" not in str(error):
+                raise
+            head = self.heads[0]
+            raise ValueError(
+                f"concrete found no cryptographic parameters for this circuit (n_bits={head.n_bits}, "
+                f"lookup_bits={head.lookup_bits}): its lookups read integers too wide to bootstrap. Use fewer "
+                f"n_bits, or round the products with lookup_bits (the course's default is {DEFAULT_LOOKUP_BITS})"
+            ) from None
         self.compile_seconds = time.perf_counter() - start
 
     @property

@@ -126,6 +126,15 @@ def test_swapped_attention_modes_and_generation(bundled):
     assert len(float_run.tokens) == 3
 
 
+def test_a_circuit_without_parameters_says_how_to_narrow_it(bundled):
+    """Head 1 of the bundled model without rounded products needs lookups too wide for concrete's parameters."""
+    model, tokenizer = bundled
+    with SwappedAttention(model, 0, n_bits=4, lookup_bits=None) as swap:
+        swap.calibrate(tokenizer, load_calibration_prompts(limit=16))
+        with pytest.raises(ValueError, match="no cryptographic parameters .* lookup_bits"):
+            HeadCircuit(swap.heads[1], swap.calibration_inputs, 2)
+
+
 def test_swapped_attention_replaces_every_head(bundled):
     """With every head swapped, the float side of each head must rebuild the float model exactly."""
     model, tokenizer = bundled
