@@ -6,9 +6,10 @@ For the bundled model's layer 0 at the course's default setting (4-bit activatio
 it compiles one circuit per head at ``--length`` tokens, generates or loads their keys, then for
 each worker count starts a local Dask cluster (:class:`course_lib.distributed.DistributedHeads`)
 and runs every head on the same encrypted prompt ``--runs`` times. The first run of a cluster
-includes each worker's deserialization of its heads' payloads and the decompression of their
-evaluation keys; the later runs are the steady state of a generation, one run per token. Every
-run is checked equal, bit for bit, to the heads' clear computation.
+includes sending the heads' payloads to the workers (their submission returns at once), each
+worker's deserialization of them and the decompression of their evaluation keys; the later runs
+are the steady state of a generation, one run per token. Every run is checked equal, bit for bit,
+to the heads' clear computation.
 
 The baseline is the same circuits executed one after the other in this process. The results
 go to benchmarks/results/distributed_heads.json.
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
         steady = "-" if row["steady_run_seconds"] is None else f"{row['steady_run_seconds']:.1f} s"
         print(
-            f"{workers} worker(s): cluster and payloads {start_seconds:.1f} s, first run {walls[0]:.1f} s, "
+            f"{workers} worker(s): cluster started in {start_seconds:.1f} s, first run (payloads sent and loaded) "
+            f"{walls[0]:.1f} s, "
             f"steady run {steady}",
             flush=True,
         )

@@ -17,6 +17,11 @@ run (every token of a generation) go to the worker that holds their head's paylo
 only ciphertexts attached. A worker deserializes a payload on its first run and keeps the
 result for the next ones (:func:`run_head_on_worker`).
 
+**Memory.** The scheduler keeps every payload as long as :class:`DistributedHeads` is open (the
+recipe below): with a local cluster it runs in this process, so this process holds the payloads'
+size once more. Each worker holds the payloads of its heads, and their evaluation keys
+decompressed after its first run.
+
 **Failures.** A payload is delivered by a small task whose input is the payload itself,
 not by ``Client.scatter``: Dask keeps a task's inputs until its result is released, so
 when a worker dies with a payload in its memory, the scheduler delivers it again to
@@ -44,8 +49,8 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,9 +209,9 @@ def connect(
     limit per worker (Dask's default share of the machine's memory would kill a worker while it
     decompresses its evaluation keys) and no work stealing (see the code). It is closed with the
     client's ``close()``. For a cluster of your own, start the scheduler with
-    ``DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING=False`` and the workers with
-    ``DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__OMP_NUM_THREADS`` set to their cores (Dask's
-    default, 1, would run every head on one core).
+    ``DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING=False dask scheduler`` (a warning says when it
+    steals work) and each worker with ``OMP_NUM_THREADS=<its cores> dask worker ADDRESS --nthreads 1
+    --memory-limit 0`` (Dask's default OMP_NUM_THREADS=1 would run every head on one core).
 
     Raises:
         SchedulerUnreachableError: no scheduler answered within ``connect_timeout`` seconds, or it has no worker.
@@ -238,6 +243,13 @@ def connect(
                 f"the Dask scheduler at {address!r} has no worker after {connect_timeout:g} s: start some with "
                 f"`dask worker {address}` (each machine needs the course installed)"
             ) from None
+        if client.run_on_scheduler(_steals_work):
+            warnings.warn(
+                f"the Dask scheduler at {address!r} steals work: it may copy a head's payload (server artifact and "
+                f"evaluation keys) to an idle worker instead of waiting for the worker that holds it. Start it with "
+                f"DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING=False",
+                stacklevel=2,
+            )
         return client
 
     if workers is None:
@@ -267,8 +279,17 @@ def connect(
             set_as_default=False,
             env={"OMP_NUM_THREADS": str(cores_per_local_worker(int(workers)))},
         )
-    client.wait_for_workers(int(workers), timeout=max(connect_timeout, 60))
+    try:
+        client.wait_for_workers(int(workers), timeout=max(connect_timeout, 60))
+    except TimeoutError:
+        client.close()
+        raise
     return client
+
+
+def _steals_work(dask_scheduler) -> bool:
+    """On the scheduler: is work stealing on?"""
+    return "stealing" in dask_scheduler.extensions
 
 
 def cores_per_local_worker(workers: int) -> int:
@@ -412,13 +433,14 @@ class DistributedHeads:
             ValueError: ``q, k, v`` not of shape ``(T, n_heads * head_dim)``; the circuits' own checks
                 (:meth:`HeadCircuit.prepare`) follow, before anything is encrypted.
         """
+        if self.client is None:
+            raise RuntimeError("this DistributedHeads is closed: create a new one to run the heads again")
         blocks = list(zip(*map(self._blocks, (q, k, v)), strict=True))
         padded = [c.prepare(*qkv) for c, qkv in zip(self.circuits, blocks, strict=True)]  # checks before encrypting
         start = time.perf_counter()
         messages = []
-        with ExitStack() as stack:
-            for circuit, inputs in zip(self.circuits, padded, strict=True):
-                stack.enter_context(keys_loaded(circuit.circuit, self.cache_dir))
+        for circuit, inputs in zip(self.circuits, padded, strict=True):
+            with keys_loaded(circuit.circuit, self.cache_dir):  # one head's keys in memory at a time
                 messages.append(pack([value.serialize() for value in circuit.circuit.encrypt(*inputs)]))
         encrypt_seconds = time.perf_counter() - start
         run_id = uuid.uuid4().hex[:8]
@@ -444,10 +466,9 @@ class DistributedHeads:
         wait_seconds = time.perf_counter() - start
         start = time.perf_counter()
         outputs = []
-        with ExitStack() as stack:
-            for h, circuit in enumerate(self.circuits):
-                stack.enter_context(keys_loaded(circuit.circuit, self.cache_dir))
-                (result,) = unpack(answers[h][0], expected_parts=1)
+        for h, circuit in enumerate(self.circuits):
+            (result,) = unpack(answers[h][0], expected_parts=1)
+            with keys_loaded(circuit.circuit, self.cache_dir):
                 outputs.append(np.asarray(circuit.circuit.decrypt(fhe.Value.deserialize(result))))
         decrypt_seconds = time.perf_counter() - start
         runs = tuple(answers[h][1] for h in range(len(self.circuits)))
