@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from concrete import fhe
 
 from .fhe import HeadCircuit
-from .transport import pack, unpack
+from .transport import pack
 
 #: Seconds to wait for a server to answer a connection attempt (runs may take much longer).
 CONNECT_TIMEOUT = 3.0
@@ -174,15 +173,13 @@ class RemoteHead:
         """Encrypt ``q, k, v`` here, run the head on the server, decrypt here."""
         padded = self.circuit.prepare(q, k, v)  # shape and range checked before encryption
         start = time.perf_counter()
-        encrypted = self.circuit.circuit.encrypt(*padded)
-        message = pack([value.serialize() for value in encrypted])
+        message = self.circuit.encrypt_message(padded)
         encrypt_seconds = time.perf_counter() - start
         start = time.perf_counter()
         answer = self.send(message)
         server_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        (result,) = unpack(answer, expected_parts=1)
-        out = np.asarray(self.circuit.circuit.decrypt(fhe.Value.deserialize(result)))
+        out = self.circuit.decrypt_message(answer)
         decrypt_seconds = time.perf_counter() - start
         return out, RunStats(len(message), len(answer), encrypt_seconds, server_seconds, decrypt_seconds)
 

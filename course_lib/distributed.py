@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 from concrete import fhe
 
-from .fhe import CIRCUIT_INPUTS, HeadCircuit
+from .fhe import CIRCUIT_INPUTS, HeadCircuit, head_columns
 from .keys import keys_loaded
 from .transport import pack, unpack
 
@@ -423,8 +423,7 @@ class DistributedHeads:
                 f"q, k and v hold every head side by side: shape (T, {width}) for {len(self.circuits)} heads of "
                 f"dimension {self.head_dim}; got shape {a.shape}"
             )
-        d = self.head_dim
-        return [a[:, h * d : (h + 1) * d] for h in range(len(self.circuits))]
+        return head_columns(a, len(self.circuits), self.head_dim)
 
     def submit(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> SubmittedRun:
         """Check and encrypt every head's inputs here, then submit one task per head (:meth:`collect` waits for them).
@@ -441,7 +440,7 @@ class DistributedHeads:
         messages = []
         for circuit, inputs in zip(self.circuits, padded, strict=True):
             with keys_loaded(circuit.circuit, self.cache_dir):  # one head's keys in memory at a time
-                messages.append(pack([value.serialize() for value in circuit.circuit.encrypt(*inputs)]))
+                messages.append(circuit.encrypt_message(inputs))
         encrypt_seconds = time.perf_counter() - start
         run_id = uuid.uuid4().hex[:8]
         futures = [
@@ -467,9 +466,8 @@ class DistributedHeads:
         start = time.perf_counter()
         outputs = []
         for h, circuit in enumerate(self.circuits):
-            (result,) = unpack(answers[h][0], expected_parts=1)
             with keys_loaded(circuit.circuit, self.cache_dir):
-                outputs.append(np.asarray(circuit.circuit.decrypt(fhe.Value.deserialize(result))))
+                outputs.append(circuit.decrypt_message(answers[h][0]))
         decrypt_seconds = time.perf_counter() - start
         runs = tuple(answers[h][1] for h in range(len(self.circuits)))
         run = DistributedRun(runs, encrypt_seconds + wait_seconds + decrypt_seconds, encrypt_seconds, decrypt_seconds)

@@ -50,6 +50,7 @@ from .attention import QuantizedHead
 from .dual_array import DualArray
 from .keys import circuit_fingerprint
 from .quantization import QuantParams
+from .transport import pack, unpack
 
 #: The course's default FHE setting: sequence length (prompts are padded to it), activation
 #: bits, the head's construction (:mod:`course_lib.fast_attention`) and the widest sum of
@@ -160,6 +161,11 @@ CIRCUIT_INPUTS: tuple[str, ...] = ("q", "k", "v")
 QKV = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
+def head_columns(a, n_heads: int, head_dim: int) -> list:
+    """Head ``h``'s columns ``h * head_dim`` to ``(h + 1) * head_dim`` of ``a`` (GPT-2's layout), for each head."""
+    return [a[:, h * head_dim : (h + 1) * head_dim] for h in range(n_heads)]
+
+
 class HeadCircuit:
     """The encrypted part of one calibrated head, or of several heads side by side, compiled for ``length`` tokens.
 
@@ -261,8 +267,7 @@ class HeadCircuit:
 
     def _blocks(self, a):
         """Head ``h``'s columns of ``a``, for each head."""
-        d = self.head_dim
-        return [a[:, h * d : (h + 1) * d] for h in range(len(self.heads))]
+        return head_columns(a, len(self.heads), self.head_dim)
 
     def _joined(self, blocks):
         """The heads' blocks side by side, ``(T, n_heads * head_dim)``.
@@ -442,6 +447,16 @@ class HeadCircuit:
                     f"{self.queries} token{'s' * (self.queries > 1)}) and k, v of shape {expected['k']} (exactly "
                     f"{self.length} tokens, no padding); {name} has shape {a.shape}"
                 )
+
+    # -- what travels to a server or a worker --------------------------------------------------------
+    def encrypt_message(self, padded: Sequence[np.ndarray]) -> bytes:
+        """Encrypt inputs from :meth:`prepare` and frame their ciphertexts (:func:`~course_lib.transport.pack`)."""
+        return pack([value.serialize() for value in self.circuit.encrypt(*padded)])
+
+    def decrypt_message(self, message: bytes) -> np.ndarray:
+        """Decrypt the framed encrypted output a server or a worker sent back."""
+        (result,) = unpack(message, expected_parts=1)
+        return np.asarray(self.circuit.decrypt(fhe.Value.deserialize(result)))
 
     # -- three ways to run it ----------------------------------------------------------------------
     def clear(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
