@@ -20,7 +20,7 @@ PYTHON ?= $(shell for p in python3.11 python3.12 python3.10 python3; do \
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: lab test setup kernel unit nbval lint train-model clean
+.PHONY: lab test setup kernel unit nbval notebooks lint train-model clean
 
 # JupyterLab refuses to run as root unless told (containers, CI): say so only there.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
@@ -57,10 +57,19 @@ unit: setup
 
 # nbval re-runs every notebook in the course's environment and compares with the committed outputs.
 # pytest exits with 5 when it collects nothing (no notebook has code cells yet): that is not a failure.
+# TQDM_DISABLE: no progress widgets in the outputs (their ids and timings change at every run; see course_lib.progress).
 nbval: setup
-	@status=0; $(VENV)/bin/pytest -q -p no:randomly --nbval --nbval-current-env \
+	@status=0; TQDM_DISABLE=1 $(VENV)/bin/pytest -q -p no:randomly --nbval --nbval-current-env \
 		--nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks/ || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "nbval: no notebook cells to check yet"; exit 0; fi; exit $$status
+
+# Re-run notebooks in place and commit them afterwards: every notebook, or one with NB=03_compile_fhe.ipynb.
+# As nbval runs them (no progress widgets), then without widget ids or widget state (scripts/clean_notebooks.py).
+NB ?= [0-9][0-9]_*.ipynb
+notebooks: setup
+	cd notebooks && TQDM_DISABLE=1 ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+		--ExecutePreprocessor.timeout=2400 --ExecutePreprocessor.kernel_name=$(KERNEL_NAME) $(NB)
+	$(PY) scripts/clean_notebooks.py
 
 lint: setup
 	$(VENV)/bin/ruff check course_lib tests scripts notebooks benchmarks

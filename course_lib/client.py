@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from .environment import memory_capped
 from .fhe import HeadCircuit
 from .transport import pack
 
@@ -66,18 +68,66 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+class _ServerThread:
+    """The same FastAPI app served by uvicorn in a thread of this process, with the few methods of
+    ``subprocess.Popen`` that :class:`ServerProcess` uses (poll, terminate, wait, kill, returncode)."""
+
+    def __init__(self, folder: Path, port: int):
+        import uvicorn
+
+        from .server import create_app
+
+        config = uvicorn.Config(create_app(folder), host="127.0.0.1", port=port, log_level="warning")
+        self._server = uvicorn.Server(config)
+        self.returncode: int | None = None
+        self._thread = threading.Thread(target=self._serve, name="course-server", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self._server.run()
+        finally:
+            self.returncode = 0
+
+    def poll(self) -> int | None:
+        return None if self._thread.is_alive() else self.returncode
+
+    def terminate(self) -> None:
+        self._server.should_exit = True
+
+    def kill(self) -> None:
+        self._server.force_exit = self._server.should_exit = True
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise subprocess.TimeoutExpired("course-server thread", timeout)
+        return self.returncode
+
+
 class ServerProcess:
     """``python -m course_lib.server`` on localhost, in a child process, serving ``circuit``.
+
+    In a memory-capped session (:func:`course_lib.environment.memory_capped`, e.g. Binder's 2 GB)
+    the server runs in a thread of this process instead (``in_process``): a second Python process
+    would load torch and concrete again, about 500 MB, before any key. The server still receives
+    its own copy of the evaluation keys over HTTP and never sees a secret key.
 
     Args:
         circuit: the compiled head; only its server artifact is written for the server.
         folder: where to write the artifact (default: a temporary folder).
         port: the port (default: a free one).
         startup_timeout: seconds to wait for the server to answer ``/health``.
+        in_process: serve from a thread of this process (default: only in a memory-capped session).
     """
 
     def __init__(
-        self, circuit: HeadCircuit, folder: str | Path | None = None, port: int | None = None, startup_timeout=60.0
+        self,
+        circuit: HeadCircuit,
+        folder: str | Path | None = None,
+        port: int | None = None,
+        startup_timeout=60.0,
+        in_process: bool | None = None,
     ):
         self._tmp = tempfile.TemporaryDirectory(prefix="course-server-") if folder is None else None
         self.folder = Path(folder) if folder is not None else Path(self._tmp.name)
@@ -86,8 +136,13 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.folder / "server.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        command = [sys.executable, "-m", "course_lib.server", "--artifacts", str(self.folder), "--port", str(self.port)]
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        self.in_process = memory_capped() if in_process is None else in_process
+        if self.in_process:
+            self.process: subprocess.Popen | _ServerThread = _ServerThread(self.folder, self.port)
+        else:
+            command = [sys.executable, "-m", "course_lib.server", "--artifacts", str(self.folder)]
+            command += ["--port", str(self.port)]
+            self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + startup_timeout
         while True:
             if self.process.poll() is not None:

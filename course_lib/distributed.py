@@ -59,6 +59,7 @@ from concrete import fhe
 
 from .fhe import CIRCUIT_INPUTS, HeadCircuit, head_columns
 from .keys import keys_loaded
+from .progress import progress_bar
 from .transport import pack, unpack
 
 #: Environment variable: the address of an existing Dask scheduler (e.g. ``tcp://10.0.0.5:8786``).
@@ -452,13 +453,12 @@ class DistributedHeads:
     def collect(self, submitted: SubmittedRun, *, progress: bool = True) -> tuple[np.ndarray, DistributedRun]:
         """Wait for the tasks of :meth:`submit`, decrypt each head's output, join them (``(length, n_heads * d)``)."""
         from distributed import as_completed
-        from tqdm.auto import tqdm
 
         futures, encrypt_seconds = submitted.futures, submitted.encrypt_seconds
         start = time.perf_counter()
         answers: dict[int, tuple[bytes, HeadRun]] = {}
         index = {future.key: h for h, future in enumerate(futures)}
-        with tqdm(total=len(futures), desc="heads", unit="head", disable=not progress) as bar:
+        with progress_bar(total=len(futures), desc="heads", unit="head", show=progress) as bar:
             for future in as_completed(futures, loop=self.client.loop):
                 answers[index[future.key]] = future.result()
                 bar.update(1)

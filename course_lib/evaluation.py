@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tqdm.auto import tqdm
+from .progress import progress_bar
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 
@@ -62,7 +62,7 @@ def _predictions(model, tokenizer, passages: Sequence[str], k: int, desc: str, p
 
     out = []
     with torch.no_grad():
-        for text in tqdm(passages, desc=desc, disable=not progress, leave=False):
+        for text in progress_bar(passages, desc=desc, show=progress, leave=False):
             ids = torch.tensor([encode_passage(tokenizer, text, model.config.n_positions)])
             out.append(model(ids, **forward_kwargs).logits[0].topk(k, dim=-1).indices)
     return out
@@ -145,7 +145,7 @@ def sweep_topk_agreement(
     if reference is None:
         reference = float_top1(model, tokenizer, passages, progress)
     results = []
-    for n_bits in tqdm(n_bits_list, desc="n_bits", disable=not progress, leave=False):
+    for n_bits in progress_bar(n_bits_list, desc="n_bits", show=progress, leave=False):
         settings = {"n_bits": n_bits, "lookup_bits": lookup_bits, "design": design}
         swapped = (
             SwappedAttention(model, layer, **settings) if head is None else SwappedHead(model, layer, head, **settings)

@@ -40,13 +40,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .attention import HeadWeights, QuantizedHead
 from .evaluation import encode_passage
 from .fast_attention import FastHead
 from .fhe import DEFAULT_LENGTH, HeadCircuit
 from .keys import KeyReport, cached_keys_path, ensure_keys, keys_loaded, unload_keys
+from .progress import progress_bar
 from .quantization import check_n_bits
 
 MODES: tuple[str, ...] = ("float", "quantized", "simulate", "execute")
@@ -254,7 +254,7 @@ class SwappedHead:
         lengths = [length, *range(length + 1, (steps_up_to or length) + 1)]
         compiled = [
             HeadCircuit(self.heads, self.calibration_inputs, n, config, queries=None if n == length else 1)
-            for n in tqdm(lengths, desc="compiling", unit="circuit", disable=not progress)
+            for n in progress_bar(lengths, desc="compiling", unit="circuit", show=progress)
         ]
         self.circuit, self.step_circuits = compiled[0], {c.length: c for c in compiled[1:]}
         self._previous = None

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from concrete import fhe
-from tqdm.auto import tqdm
+
+from .progress import progress_bar
 
 #: Environment variable that moves the key cache.
 KEY_CACHE_ENV = "COURSE_KEY_CACHE"
@@ -123,7 +124,7 @@ def _with_timer(work: Callable[[], object], progress: bool) -> None:
 
     worker = threading.Thread(target=run, name="keys")
     worker.start()
-    with tqdm(desc="keys", bar_format="{desc}: {elapsed} elapsed", disable=not progress) as timer:
+    with progress_bar(desc="keys", bar_format="{desc}: {elapsed} elapsed", show=progress) as timer:
         while worker.is_alive():
             worker.join(timeout=0.5)
             timer.update(0)

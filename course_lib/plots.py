@@ -420,3 +420,18 @@ def plot_pbs_against_length(
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small", loc="upper left")
     return fig
+
+
+def show_widget(widget, static_text: str) -> None:
+    """Display an ipywidgets widget whose saved output, where no kernel runs it, reads ``static_text``.
+
+    A live notebook shows the widget. GitHub, nbviewer and a notebook opened without running it
+    have no kernel behind the widget: they show the ``text/plain`` part of the output instead,
+    which is ``static_text`` (say what the widget does and where its static counterpart is) rather
+    than ipywidgets' own repr. The committed notebooks keep only that part (scripts/clean_notebooks.py).
+    """
+    from IPython.display import display
+
+    bundle = widget._repr_mimebundle_()
+    bundle["text/plain"] = static_text
+    display(bundle, raw=True)

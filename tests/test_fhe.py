@@ -183,6 +183,19 @@ def test_client_server_run_equals_simulation_and_never_sends_a_secret_key(keyed,
     assert len(unpack(sent[1])) == 3
 
 
+def test_in_process_server_of_a_memory_capped_session_answers_the_same(keyed, monkeypatch):
+    monkeypatch.setenv("COURSE_MEMORY_LIMIT", "2G")
+    with ServerProcess(keyed) as in_process:
+        assert in_process.in_process and in_process.process.poll() is None
+        with RemoteHead(in_process.url, keyed) as remote:
+            x = small_inputs(n=1, seed=8)[0][:LENGTH]
+            qkv = keyed.encode(x)
+            out, _ = remote.run(*qkv)
+        np.testing.assert_array_equal(out, keyed.simulate(*qkv))
+    assert in_process.process.poll() == 0  # the thread ended with stop()
+    monkeypatch.delenv("COURSE_MEMORY_LIMIT")
+
+
 def test_server_artifact_holds_no_keys(keyed, tmp_path):
     import zipfile
 

@@ -38,6 +38,15 @@ def two_heads():
     return heads, HeadCircuit(heads, CALIBRATION, length=LENGTH)
 
 
+@pytest.fixture(scope="module")
+def two_narrow_heads():
+    """Two 2-bit heads of dimension 2: keys in about a second, for the tests that execute on ciphertexts."""
+    heads = [FastHead(HeadWeights.random(16, 2, seed=h), 2, lookup_bits=2) for h in range(2)]
+    for head in heads:
+        head.calibrate(CALIBRATION)
+    return heads, HeadCircuit(heads, CALIBRATION, length=LENGTH)
+
+
 def test_heads_side_by_side_equal_each_head_alone(two_heads):
     heads, circuit = two_heads
     alone = [HeadCircuit(head, CALIBRATION, length=LENGTH) for head in heads]
@@ -78,8 +87,8 @@ def test_several_heads_checks(two_heads):
         HeadCircuit([], CALIBRATION)
 
 
-def test_two_heads_execute_as_simulated(two_heads, tmp_path):
-    _, circuit = two_heads
+def test_two_heads_execute_as_simulated(two_narrow_heads, tmp_path):
+    _, circuit = two_narrow_heads
     ensure_keys(circuit.circuit, tmp_path, progress=False)
     qkv = circuit.encode(small_inputs(n=1, seed=5)[0][:LENGTH])
     np.testing.assert_array_equal(circuit.execute(*qkv), circuit.simulate(*qkv))
@@ -209,8 +218,8 @@ def test_step_circuit_checks(two_heads):
         published.attend(*dual)
 
 
-def test_keys_are_loaded_for_a_run_and_forgotten_after(two_heads, tmp_path):
-    _, circuit = two_heads
+def test_keys_are_loaded_for_a_run_and_forgotten_after(two_narrow_heads, tmp_path):
+    _, circuit = two_narrow_heads
     unload_keys(circuit.circuit)  # an earlier test generated them
     with pytest.raises(RuntimeError, match="ensure_keys"):
         with keys_loaded(circuit.circuit, tmp_path):

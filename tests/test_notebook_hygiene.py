@@ -1,0 +1,55 @@
+"""The committed notebooks: nothing in their outputs that changes from run to run, and a static fallback per widget."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+PROGRESS_BAR = re.compile(r"\d+%\|.*\||\d+(\.\d+)?(it|s)/(s|it)\]|elapsed")
+
+
+def outputs(notebook):
+    for index, cell in enumerate(notebook.cells):
+        for output in cell.get("outputs", []):
+            yield index, cell, output
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_widget_ids_no_widget_state_no_timestamps_no_progress_bars(path):
+    notebook = nbformat.read(path, as_version=4)
+    assert "widgets" not in notebook.metadata
+    assert not [i for i, cell in enumerate(notebook.cells) if "execution" in cell.metadata]  # timestamps
+    for index, _, output in outputs(notebook):
+        assert "application/vnd.jupyter.widget-view+json" not in output.get("data", {}), f"cell {index}"
+        text = output.get("text", "") + str(output.get("data", {}).get("text/plain", ""))
+        assert not PROGRESS_BAR.search(text), f"cell {index}: a progress bar in the output: {text[:200]!r}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_widget_cell_keeps_a_readable_static_output(path):
+    notebook = nbformat.read(path, as_version=4)
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type == "code" and "show_widget(" in cell.source:
+            texts = [str(o.get("data", {}).get("text/plain", "")) for o in cell.outputs]
+            assert any(t.startswith("(a live ") for t in texts), f"cell {index}: {texts}"
+            assert not any(t.startswith("interactive(") for t in texts)
+
+
+def test_the_clean_script_finds_nothing_to_change():
+    """Headers from course_lib.colab; no widget ids, widget state or timestamps (scripts/clean_notebooks.py)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "clean_notebooks.py"), "--check"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_notebooks_display_widgets_through_show_widget_only():
+    for path in NOTEBOOKS:
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "code" and "widgets.interactive(" in cell.source:
+                assert "show_widget(" in cell.source, path.name
