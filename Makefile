@@ -53,7 +53,7 @@ $(STAMP): requirements.txt pyproject.toml
 kernel: setup
 
 unit: setup
-	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q --durations=10 tests
 
 # nbval re-runs every notebook in the course's environment and compares with the committed outputs.
 # pytest exits with 5 when it collects nothing (no notebook has code cells yet): that is not a failure.
