@@ -89,6 +89,15 @@ class HeadWeights:
             score_scale=1 / np.sqrt(head_dim),
         )
 
+    @staticmethod
+    def random_inputs(count: int, n_embd: int, *, seed: int = 1) -> list[np.ndarray]:
+        """``count`` seeded random sequences of 2 to 8 token vectors of width ``n_embd``.
+
+        The calibration (and test) inputs of a :meth:`random` head, when no model is at hand.
+        """
+        rng = np.random.default_rng(seed)
+        return [rng.normal(size=(int(rng.integers(2, 9)), n_embd)) for _ in range(count)]
+
     @property
     def n_embd(self) -> int:
         return self.w_qkv.shape[0]

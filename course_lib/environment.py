@@ -1,29 +1,35 @@
 """Where the notebooks run: the memory they may use, and the lighter settings of a memory-capped session.
 
-On a laptop the notebooks may take several gigabytes: an encrypted run needs the circuit's
-evaluation keys decompressed in memory (1.6 to 2.6 GB for notebook 04's circuits). mybinder.org
-ends a kernel past 2 GB. This module finds the memory cap of the session, from the first of
-these that is set (the smallest wins when several are):
+At their default settings the notebooks take several gigabytes: an encrypted run needs the
+circuit's evaluation keys decompressed in memory (1.6 to 2.6 GB for notebook 04's circuits), and
+notebook 04 peaks at about 12.5 GB when two Dask workers hold every head's keys. mybinder.org ends
+a kernel past 2 GB, Colab's standard machine has about 12.7 GB and many laptops have 8. This
+module finds the memory the session may use, the smallest of these:
 
 - ``COURSE_MEMORY_LIMIT``: set by hand (``COURSE_MEMORY_LIMIT=2G make lab``) to try a capped
   session on a laptop, and by ``benchmarks/notebook_memory.py --memory-limit``;
 - ``MEM_LIMIT``: set by JupyterHub's spawners, mybinder.org's included, to the session's cap;
 - the Linux control group's limit (``/sys/fs/cgroup/memory.max``, or ``memory.limit_in_bytes``
-  under cgroup v1): what the kernel of a container enforces.
+  under cgroup v1): what the kernel of a container enforces;
+- the machine's physical memory.
 
-Under :data:`LIGHT_SETTINGS_BELOW` (4 GB), :func:`memory_capped` is true and notebooks 03 and 04
-take their lighter settings, which they print; the README lists what differs.
+Under :data:`LIGHT_SETTINGS_BELOW` (14 GiB), :func:`memory_capped` is true and notebooks 03 and 04
+take their lighter settings, which peak under 2 GB, and say so; the README lists what differs.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Sessions with less memory than this take the notebooks' lighter settings.
-LIGHT_SETTINGS_BELOW = 4 * 1024**3
+import psutil
+
+#: Sessions with less memory than this take the notebooks' lighter settings: the default ones peak at
+#: about 12.5 GB (notebook 04, section 6), and the system and the browser need room next to them.
+LIGHT_SETTINGS_BELOW = 14 * 1024**3
 
 #: cgroup files holding the memory limit (v2, then v1), in the order they are read.
 CGROUP_LIMIT_FILES = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
@@ -68,10 +74,20 @@ def _cgroup_limit(files: tuple[Path, ...]) -> MemoryLimit | None:
     return None
 
 
+def physical_memory() -> int:
+    """The machine's physical memory, in bytes."""
+    return psutil.virtual_memory().total
+
+
 def memory_limit(
-    environ: dict[str, str] | None = None, cgroup_files: tuple[Path, ...] = CGROUP_LIMIT_FILES
+    environ: dict[str, str] | None = None,
+    cgroup_files: tuple[Path, ...] = CGROUP_LIMIT_FILES,
+    machine_memory: Callable[[], int | None] = physical_memory,
 ) -> MemoryLimit | None:
-    """The smallest memory cap that applies to this session, or None when nothing caps it."""
+    """The smallest memory cap that applies to this session (the machine's memory included), or None if none is known.
+
+    ``machine_memory`` returns the machine's memory in bytes, or None when it cannot be read.
+    """
     environ = os.environ if environ is None else environ
     limits = []
     for variable in ("COURSE_MEMORY_LIMIT", "MEM_LIMIT"):
@@ -84,11 +100,17 @@ def memory_limit(
     cgroup = _cgroup_limit(cgroup_files)
     if cgroup is not None:
         limits.append(cgroup)
+    machine = machine_memory()
+    if machine:
+        limits.append(MemoryLimit(machine, "the machine's memory"))
     return min(limits, key=lambda limit: limit.bytes, default=None)
 
 
 def memory_capped(limit: MemoryLimit | None = None) -> bool:
-    """True when the session has less than :data:`LIGHT_SETTINGS_BELOW` of memory (e.g. mybinder.org's 2 GB)."""
+    """True when the session has less than :data:`LIGHT_SETTINGS_BELOW` of memory.
+
+    So it is on mybinder.org (2 GB), on Colab's standard machine (about 12.7 GB) and on an 8 GB laptop.
+    """
     limit = memory_limit() if limit is None else limit
     return limit is not None and limit.bytes < LIGHT_SETTINGS_BELOW
 

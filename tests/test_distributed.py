@@ -29,14 +29,9 @@ N_HEADS = 3
 HEAD_DIM = 2
 
 
-def small_inputs(n=12, seed=1, n_embd=16):
-    rng = np.random.default_rng(seed)
-    return [rng.normal(size=(int(rng.integers(2, 9)), n_embd)) for _ in range(n)]
-
-
 @pytest.fixture(scope="module")
 def heads():
-    inputs = small_inputs()
+    inputs = HeadWeights.random_inputs(12, 16)
     heads = [FastHead(HeadWeights.random(16, HEAD_DIM, seed=seed), 2, lookup_bits=2) for seed in range(N_HEADS)]
     for head in heads:
         head.calibrate(inputs)
@@ -69,7 +64,7 @@ def test_distributed_run_equals_the_single_process_runs_bit_for_bit(heads, circu
 
     heads, inputs = heads
     circuits, cache = circuits
-    x = small_inputs(n=1, seed=5)[0][:LENGTH]
+    x = HeadWeights.random_inputs(1, 16, seed=5)[0][:LENGTH]
     qkv = distributed.encode(x)
     out, run = distributed.run(*qkv, progress=False)
     assert out.shape == (LENGTH, N_HEADS * HEAD_DIM)
@@ -90,7 +85,7 @@ def test_distributed_run_equals_the_single_process_runs_bit_for_bit(heads, circu
 
 
 def test_a_shorter_sequence_is_padded_like_the_single_circuit(distributed):
-    x = small_inputs(n=1, seed=6)[0][:2]
+    x = HeadWeights.random_inputs(1, 16, seed=6)[0][:2]
     qkv = distributed.encode(x)
     out, _ = distributed.run(*qkv, progress=False)
     np.testing.assert_array_equal(out, distributed.clear(*qkv))
@@ -98,7 +93,7 @@ def test_a_shorter_sequence_is_padded_like_the_single_circuit(distributed):
 
 
 def test_each_worker_receives_a_head_payload_once(distributed):
-    qkv = distributed.encode(small_inputs(n=1, seed=9)[0][:LENGTH])
+    qkv = distributed.encode(HeadWeights.random_inputs(1, 16, seed=9)[0][:LENGTH])
     runs = [distributed.run(*qkv, progress=False)[1] for _ in range(3)]
     # A worker deserializes a head's payload on its first run of that head only; later runs bring ciphertexts.
     loads = [(r.pid, r.head) for run in runs for r in run.heads if r.loaded_payload]
@@ -115,7 +110,7 @@ def test_workers_never_receive_a_secret_key(circuits, distributed):
     from course_lib.keys import keys_loaded
 
     circuits, cache = circuits
-    distributed.run(*distributed.encode(small_inputs(n=1, seed=10)[0][:LENGTH]), progress=False)
+    distributed.run(*distributed.encode(HeadWeights.random_inputs(1, 16, seed=10)[0][:LENGTH]), progress=False)
 
     def held_bytes(dask_worker):
         """Every byte string a worker holds as Dask data (payloads and encrypted results)."""
@@ -146,7 +141,7 @@ def test_workers_never_receive_a_secret_key(circuits, distributed):
 def test_a_killed_worker_is_survived_and_the_result_is_exact(circuits):
     circuits, cache = circuits
     with DistributedHeads(circuits, workers=2, cache_dir=cache) as heads:
-        qkv = heads.encode(small_inputs(n=1, seed=11)[0][:LENGTH])
+        qkv = heads.encode(HeadWeights.random_inputs(1, 16, seed=11)[0][:LENGTH])
         pids = heads.client.run(os.getpid)
         submitted = heads.submit(*qkv)
         # The worker running head 0's task, or holding its result if it has finished already.
@@ -199,7 +194,7 @@ def test_an_existing_scheduler_from_the_environment_runs_the_heads(circuits, mon
         with pytest.warns(UserWarning, match="steals work"):  # Dask's default, which the course's clusters turn off
             heads = DistributedHeads(circuits, cache_dir=cache)
         with heads:
-            qkv = heads.encode(small_inputs(n=1, seed=14)[0][:LENGTH])
+            qkv = heads.encode(HeadWeights.random_inputs(1, 16, seed=14)[0][:LENGTH])
             out, run = heads.run(*qkv, progress=False)
             np.testing.assert_array_equal(out, heads.clear(*qkv))
             assert {r.worker for r in run.heads} == set(cluster.scheduler_info["workers"])
@@ -228,7 +223,7 @@ def test_bad_arguments_say_what_is_allowed(heads, circuits, distributed):
         DistributedHeads([circuits[0], HeadCircuit(heads[1], inputs, length=LENGTH + 1)])
     with pytest.raises(ValueError, match="non-empty list"):
         DistributedHeads([])
-    q, k, v = distributed.encode(small_inputs(n=1, seed=12)[0][:LENGTH])
+    q, k, v = distributed.encode(HeadWeights.random_inputs(1, 16, seed=12)[0][:LENGTH])
     with pytest.raises(ValueError, match=r"shape \(T, 6\)"):
         distributed.run(q[:, :4], k, v)
     from course_lib.fhe import SequenceLengthError

@@ -40,6 +40,11 @@ def test_parse_bytes_says_what_is_accepted(text):
         parse_bytes(text)
 
 
+def unknown_machine():
+    """The machine's memory, when it cannot be read: only the other sources count."""
+    return None
+
+
 def cgroup_file(tmp_path, text):
     path = tmp_path / "memory.max"
     path.write_text(text + "\n")
@@ -47,21 +52,35 @@ def cgroup_file(tmp_path, text):
 
 
 def test_no_cap_anywhere(tmp_path):
-    assert memory_limit({}, cgroup_file(tmp_path, "max")) is None
-    assert memory_limit({}, (tmp_path / "missing",)) is None
-    assert memory_limit({}, cgroup_file(tmp_path, str(2**63 - 4096))) is None  # cgroup v1's "unlimited"
+    assert memory_limit({}, cgroup_file(tmp_path, "max"), unknown_machine) is None
+    assert memory_limit({}, (tmp_path / "missing",), unknown_machine) is None
+    assert memory_limit({}, cgroup_file(tmp_path, str(2**63 - 4096)), unknown_machine) is None  # v1's "unlimited"
 
 
 def test_binder_cap_from_mem_limit_and_cgroup(tmp_path):
-    limit = memory_limit({"MEM_LIMIT": str(2 * GiB)}, cgroup_file(tmp_path, str(3 * GiB)))
+    limit = memory_limit({"MEM_LIMIT": str(2 * GiB)}, cgroup_file(tmp_path, str(3 * GiB)), lambda: 64 * GiB)
     assert limit == MemoryLimit(2 * GiB, "$MEM_LIMIT")
-    limit = memory_limit({}, cgroup_file(tmp_path, str(2 * GiB)))
+    limit = memory_limit({}, cgroup_file(tmp_path, str(2 * GiB)), lambda: 64 * GiB)
     assert limit.bytes == 2 * GiB and "control group" in limit.source
 
 
 def test_the_smallest_cap_wins_and_course_setting_counts(tmp_path):
-    limit = memory_limit({"COURSE_MEMORY_LIMIT": "1G", "MEM_LIMIT": "2G"}, cgroup_file(tmp_path, "max"))
+    limit = memory_limit(
+        {"COURSE_MEMORY_LIMIT": "1G", "MEM_LIMIT": "2G"}, cgroup_file(tmp_path, "max"), lambda: 8 * GiB
+    )
     assert limit == MemoryLimit(GiB, "$COURSE_MEMORY_LIMIT")
+
+
+@pytest.mark.parametrize(
+    ("machine", "lighter"),
+    [(8 * GiB, True), (int(12.7 * GiB), True), (int(15.5 * GiB), False), (24 * GiB, False)],
+    ids=["8 GB laptop", "Colab", "16 GB laptop", "24 GiB"],
+)
+def test_the_machine_memory_counts_when_nothing_caps_the_session(tmp_path, machine, lighter):
+    limit = memory_limit({}, cgroup_file(tmp_path, "max"), lambda: machine)
+    assert limit == MemoryLimit(machine, "the machine's memory")
+    assert memory_capped(limit) is lighter
+    assert describe_memory(limit).startswith(f"memory cap: {machine / 1e9:.1f} GB (from the machine's memory);")
 
 
 def test_a_malformed_variable_is_named(tmp_path):
@@ -80,7 +99,7 @@ def test_configuration_under_a_cap_uses_one_parameter_set(monkeypatch):
     monkeypatch.delenv("MEM_LIMIT", raising=False)
     monkeypatch.delenv("COURSE_MEMORY_LIMIT", raising=False)
     if memory_capped():
-        pytest.skip("this machine itself is capped under 4 GiB")
+        pytest.skip("this machine itself has less memory than the default settings need")
     assert configuration().parameter_selection_strategy == fhe.ParameterSelectionStrategy.MULTI
     monkeypatch.setenv("COURSE_MEMORY_LIMIT", "2G")
     assert configuration().parameter_selection_strategy == fhe.ParameterSelectionStrategy.MONO

@@ -17,14 +17,9 @@ from course_lib.quantization import Quantizer
 LENGTH = 4
 
 
-def small_inputs(n=12, seed=1, n_embd=16):
-    rng = np.random.default_rng(seed)
-    return [rng.normal(size=(int(rng.integers(2, 9)), n_embd)) for _ in range(n)]
-
-
 #: Calibration inputs: the compiler sizes every intermediate value from them, so new inputs stay exact
 #: only while their values stay in those ranges. Enough of them that held-out inputs of the same kind do.
-CALIBRATION = small_inputs(n=60)
+CALIBRATION = HeadWeights.random_inputs(60, 16)
 
 
 def fast_head(lookup_bits=6, seed=0, **options):
@@ -121,7 +116,7 @@ def test_causal_pairs_match_numpy():
 # -- the fast head ---------------------------------------------------------------------------------
 def test_fast_head_computes_the_head():
     weights = HeadWeights.random(16, 4, seed=0)
-    inputs = small_inputs()
+    inputs = HeadWeights.random_inputs(12, 16)
     fast, published = FastHead(weights, 8, lookup_bits=12), QuantizedHead(weights, 8)
     fast.calibrate(inputs)
     published.calibrate(inputs)
@@ -135,14 +130,14 @@ def test_fast_head_computes_the_head():
 
 def test_fast_head_is_causal():
     head = fast_head()
-    x = small_inputs(n=1, seed=4)[0]
+    x = HeadWeights.random_inputs(1, 16, seed=4)[0]
     whole = head.run(x).int
     for t in range(1, len(x)):
         np.testing.assert_array_equal(head.run(x[:t]).int, whole[:t])
 
 
 def test_fast_simulation_equals_clear_quantized_computation(circuit):
-    for x in small_inputs(n=10, seed=7):
+    for x in HeadWeights.random_inputs(10, 16, seed=7):
         qkv = circuit.encode(x[:LENGTH])  # shorter inputs are padded
         np.testing.assert_array_equal(circuit.simulate(*qkv), circuit.clear(*qkv))
         np.testing.assert_array_equal(circuit.clear(*qkv)[: min(len(x), LENGTH)], circuit.head.run(x[:LENGTH]).int)
@@ -159,7 +154,7 @@ def test_pbs_count_is_the_documented_formula(one_lookup_products):
         assert steps == {"scores": p * d + 2 * t * d, "softmax": t * (t - 1) // 2 + 2 * p + t, "mix": p * d + p + t * d}
     else:
         assert steps["scores"] == 2 * p * d and steps["mix"] == 2 * p * d
-    qkv = circuit.encode(small_inputs(n=1, seed=2)[0][:t])
+    qkv = circuit.encode(HeadWeights.random_inputs(1, 16, seed=2)[0][:t])
     np.testing.assert_array_equal(circuit.simulate(*qkv), circuit.clear(*qkv))
 
 
@@ -175,7 +170,7 @@ def test_fast_circuit_is_cheaper_than_the_published_one(circuit):
 
 def test_fast_execution_equals_simulation(circuit, tmp_path):
     ensure_keys(circuit.circuit, tmp_path, progress=False)
-    qkv = circuit.encode(small_inputs(n=1, seed=21)[0][:LENGTH])
+    qkv = circuit.encode(HeadWeights.random_inputs(1, 16, seed=21)[0][:LENGTH])
     np.testing.assert_array_equal(circuit.execute(*qkv), circuit.simulate(*qkv))
 
 

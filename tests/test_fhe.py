@@ -13,6 +13,7 @@ from course_lib.attention import HeadWeights, QuantizedHead
 from course_lib.client import RemoteHead, ServerError, ServerProcess
 from course_lib.data import load_calibration_prompts
 from course_lib.dual_array import DualArray
+from course_lib.fast_attention import FastHead
 from course_lib.fhe import HeadCircuit, InputRangeError, SequenceLengthError
 from course_lib.gpt2 import SwappedHead
 from course_lib.keys import KEY_CACHE_ENV, circuit_fingerprint, ensure_keys, key_cache_dir
@@ -21,14 +22,9 @@ from course_lib.transport import TransportError, pack, unpack
 LENGTH = 4
 
 
-def small_inputs(n=12, seed=1, n_embd=16):
-    rng = np.random.default_rng(seed)
-    return [rng.normal(size=(int(rng.integers(2, 9)), n_embd)) for _ in range(n)]
-
-
-def small_circuit(n_bits=4, lookup_bits=5, length=LENGTH, seed=0):
-    head = QuantizedHead(HeadWeights.random(16, 4, seed=seed), n_bits, lookup_bits=lookup_bits)
-    inputs = small_inputs()
+def small_circuit(n_bits=4, lookup_bits=5, length=LENGTH, seed=0, design=QuantizedHead):
+    head = design(HeadWeights.random(16, 4, seed=seed), n_bits, lookup_bits=lookup_bits)
+    inputs = HeadWeights.random_inputs(12, 16)
     head.calibrate(inputs)
     return HeadCircuit(head, inputs, length=length)
 
@@ -38,15 +34,24 @@ def circuit():
     return small_circuit()
 
 
+def narrow_circuit(length=LENGTH, seed=0):
+    """The cheapest circuit to key and run, a 2-bit fast head: for the tests of keys, execution and the server.
+
+    What they check does not depend on the head's design or width; its keys take a few seconds, not twenty.
+    """
+    return small_circuit(n_bits=2, lookup_bits=2, length=length, seed=seed, design=FastHead)
+
+
 @pytest.fixture(scope="module")
-def keyed(circuit, tmp_path_factory):
-    """The module's circuit with keys (in a temporary cache)."""
+def keyed(tmp_path_factory):
+    """A narrow circuit with keys (in a temporary cache)."""
+    circuit = narrow_circuit()
     ensure_keys(circuit.circuit, tmp_path_factory.mktemp("keys"), progress=False)
     return circuit
 
 
 def test_simulation_equals_clear_quantized_computation(circuit):
-    for x in small_inputs(n=10, seed=7):
+    for x in HeadWeights.random_inputs(10, 16, seed=7):
         qkv = circuit.encode(x[:LENGTH])
         np.testing.assert_array_equal(circuit.simulate(*qkv), circuit.clear(*qkv))
 
@@ -55,21 +60,21 @@ def test_products_drop_bits_and_simulation_stays_exact():
     circuit = small_circuit(n_bits=4, lookup_bits=5)
     assert any(bits > 0 for bits in circuit.head.drop_bits.values())
     assert circuit.summary().max_bit_width <= 6
-    for x in small_inputs(n=5, seed=3):
+    for x in HeadWeights.random_inputs(5, 16, seed=3):
         qkv = circuit.encode(x[:LENGTH])
         np.testing.assert_array_equal(circuit.simulate(*qkv), circuit.clear(*qkv))
 
 
 def test_padding_does_not_change_the_real_tokens(circuit):
     head = circuit.head
-    for x in small_inputs(n=6, seed=11):
+    for x in HeadWeights.random_inputs(6, 16, seed=11):
         x = x[: LENGTH - 1]  # shorter than the circuit: padded
         unpadded = head.run(x).int
         np.testing.assert_array_equal(circuit.clear(*circuit.encode(x))[: len(x)], unpadded)
 
 
 def test_the_clear_part_and_the_encrypted_part_make_the_whole_head(circuit):
-    x = small_inputs(n=1, seed=5)[0][:LENGTH]
+    x = HeadWeights.random_inputs(1, 16, seed=5)[0][:LENGTH]
     whole = circuit.head.run(x).int
     q, k, v = circuit.head.project(circuit.head.quantize_input(x))
     np.testing.assert_array_equal(circuit.head.attend(q, k, v).int, whole)
@@ -86,7 +91,7 @@ def test_summary_reports_the_circuit(circuit):
 
 
 def test_execution_equals_simulation(keyed):
-    for x in small_inputs(n=2, seed=21):
+    for x in HeadWeights.random_inputs(2, 16, seed=21):
         qkv = keyed.encode(x[:LENGTH])
         out, times = keyed.timed_execute(*qkv)
         np.testing.assert_array_equal(out, keyed.simulate(*qkv))
@@ -96,11 +101,11 @@ def test_execution_equals_simulation(keyed):
 def test_execute_without_keys_says_what_to_do():
     circuit = small_circuit(seed=4)
     with pytest.raises(RuntimeError, match="ensure_keys"):
-        circuit.execute(*circuit.encode(small_inputs(n=1)[0][:2]))
+        circuit.execute(*circuit.encode(HeadWeights.random_inputs(1, 16)[0][:2]))
 
 
 def test_too_long_and_malformed_inputs_name_the_compiled_length(circuit):
-    x = small_inputs(n=1)[0]
+    x = HeadWeights.random_inputs(1, 16)[0]
     long = np.random.default_rng(0).normal(size=(LENGTH + 2, 16))
     with pytest.raises(SequenceLengthError, match=f"compiled for {LENGTH}"):
         circuit.encode(long)
@@ -112,7 +117,7 @@ def test_too_long_and_malformed_inputs_name_the_compiled_length(circuit):
 
 
 def test_out_of_range_integers_are_refused_before_encryption(circuit):
-    q, k, v = circuit.encode(small_inputs(n=1)[0][:3])
+    q, k, v = circuit.encode(HeadWeights.random_inputs(1, 16)[0][:3])
     too_big = q.copy()
     too_big[0, 0] = circuit.input_params[0]["q"].qmax + 1  # head 0, its q
     with pytest.raises(InputRangeError, match=r"q integers must lie in \[0, 15\].*wrap around"):
@@ -124,16 +129,16 @@ def test_out_of_range_integers_are_refused_before_encryption(circuit):
 def test_keys_are_cached_per_circuit(tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_CACHE_ENV, str(tmp_path / "cache"))
     assert key_cache_dir() == tmp_path / "cache"
-    first = small_circuit(seed=0)
+    first = narrow_circuit(seed=0)
     report = ensure_keys(first.circuit, progress=False)
     assert report.generated and report.path.exists() and report.path.parent.name == report.fingerprint
-    again = small_circuit(seed=0)  # the same circuit, compiled again: same fingerprint, keys loaded
+    again = narrow_circuit(seed=0)  # the same circuit, compiled again: same fingerprint, keys loaded
     assert circuit_fingerprint(again.circuit) == report.fingerprint
     second = ensure_keys(again.circuit, progress=False)
     assert not second.generated and second.path == report.path
-    x = small_inputs(n=1)[0][:3]
+    x = HeadWeights.random_inputs(1, 16)[0][:3]
     np.testing.assert_array_equal(again.execute(*again.encode(x)), first.simulate(*first.encode(x)))
-    other = small_circuit(seed=0, n_bits=3, lookup_bits=4)  # another circuit never reuses these keys
+    other = narrow_circuit(seed=1)  # another circuit (other weights) never reuses these keys
     assert circuit_fingerprint(other.circuit) != report.fingerprint
     assert ensure_keys(other.circuit, progress=False).generated
 
@@ -164,7 +169,7 @@ def server(keyed):
 
 def test_client_server_run_equals_simulation_and_never_sends_a_secret_key(keyed, server):
     with RemoteHead(server.url, keyed) as remote:
-        x = small_inputs(n=1, seed=8)[0][:LENGTH]
+        x = HeadWeights.random_inputs(1, 16, seed=8)[0][:LENGTH]
         qkv = keyed.encode(x)
         out, stats = remote.run(*qkv)
         np.testing.assert_array_equal(out, keyed.simulate(*qkv))
@@ -188,12 +193,11 @@ def test_in_process_server_of_a_memory_capped_session_answers_the_same(keyed, mo
     with ServerProcess(keyed) as in_process:
         assert in_process.in_process and in_process.process.poll() is None
         with RemoteHead(in_process.url, keyed) as remote:
-            x = small_inputs(n=1, seed=8)[0][:LENGTH]
+            x = HeadWeights.random_inputs(1, 16, seed=8)[0][:LENGTH]
             qkv = keyed.encode(x)
             out, _ = remote.run(*qkv)
         np.testing.assert_array_equal(out, keyed.simulate(*qkv))
     assert in_process.process.poll() == 0  # the thread ended with stop()
-    monkeypatch.delenv("COURSE_MEMORY_LIMIT")
 
 
 def test_server_artifact_holds_no_keys(keyed, tmp_path):
@@ -206,7 +210,7 @@ def test_server_artifact_holds_no_keys(keyed, tmp_path):
 
 
 def test_server_refuses_damaged_bytes_and_keeps_serving(keyed, server):
-    x = small_inputs(n=1, seed=9)[0][:3]
+    x = HeadWeights.random_inputs(1, 16, seed=9)[0][:3]
     qkv = keyed.prepare(*keyed.encode(x))
     with RemoteHead(server.url, keyed) as remote:
         good = pack([value.serialize() for value in keyed.circuit.encrypt(*qkv)])
@@ -223,9 +227,9 @@ def test_server_refuses_damaged_bytes_and_keeps_serving(keyed, server):
 
 
 def test_server_refuses_other_shapes_unknown_sessions_and_bad_keys(keyed, server, tmp_path):
-    other = small_circuit(length=LENGTH + 1)  # another sequence length
+    other = narrow_circuit(length=LENGTH + 1)  # another sequence length
     ensure_keys(other.circuit, tmp_path, progress=False)
-    x = small_inputs(n=1, seed=2)[0][:2]
+    x = HeadWeights.random_inputs(1, 16, seed=2)[0][:2]
     foreign = pack([value.serialize() for value in other.circuit.encrypt(*other.encode(x))])
     with RemoteHead(server.url, keyed) as remote:
         with pytest.raises(ServerError, match=f"422.*compiled for sequence length {LENGTH}"):
@@ -297,4 +301,4 @@ def test_lookup_bits_below_n_bits_is_refused():
     with pytest.raises(ValueError, match=r"lookup_bits \(3\) must be at least n_bits \(4\)"):
         QuantizedHead(HeadWeights.random(16, 4), 4, lookup_bits=3)
     with pytest.raises(ValueError, match="length must be a positive integer"):
-        HeadCircuit(small_circuit().head, small_inputs(), length=0)
+        HeadCircuit(small_circuit().head, HeadWeights.random_inputs(12, 16), length=0)

@@ -16,13 +16,8 @@ from course_lib.keys import ensure_keys, keys_loaded, unload_keys
 LENGTH = 4
 
 
-def small_inputs(n=12, seed=1, n_embd=16):
-    rng = np.random.default_rng(seed)
-    return [rng.normal(size=(int(rng.integers(2, 9)), n_embd)) for _ in range(n)]
-
-
 #: Enough calibration inputs that held-out inputs of the same kind stay within the compiled ranges.
-CALIBRATION = small_inputs(n=60)
+CALIBRATION = HeadWeights.random_inputs(60, 16)
 
 
 def small_heads(n_heads=2, design=FastHead):
@@ -50,7 +45,7 @@ def two_narrow_heads():
 def test_heads_side_by_side_equal_each_head_alone(two_heads):
     heads, circuit = two_heads
     alone = [HeadCircuit(head, CALIBRATION, length=LENGTH) for head in heads]
-    for x in small_inputs(n=5, seed=7):
+    for x in HeadWeights.random_inputs(5, 16, seed=7):
         x = x[:LENGTH]
         q, k, v = circuit.encode(x)
         assert q.shape == (LENGTH, 8)
@@ -72,7 +67,7 @@ def test_several_heads_checks(two_heads):
     heads, circuit = two_heads
     with pytest.raises(AttributeError, match="2 heads"):
         _ = circuit.head
-    q, k, v = circuit.encode(small_inputs(n=1)[0][:3])
+    q, k, v = circuit.encode(HeadWeights.random_inputs(1, 16)[0][:3])
     bad = q.copy()
     bad[0, 5] = 99  # a column of head 1
     with pytest.raises(InputRangeError, match="q of head 1"):
@@ -90,14 +85,14 @@ def test_several_heads_checks(two_heads):
 def test_two_heads_execute_as_simulated(two_narrow_heads, tmp_path):
     _, circuit = two_narrow_heads
     ensure_keys(circuit.circuit, tmp_path, progress=False)
-    qkv = circuit.encode(small_inputs(n=1, seed=5)[0][:LENGTH])
+    qkv = circuit.encode(HeadWeights.random_inputs(1, 16, seed=5)[0][:LENGTH])
     np.testing.assert_array_equal(circuit.execute(*qkv), circuit.simulate(*qkv))
 
 
 def test_published_heads_side_by_side_too():
     heads = small_heads(design=QuantizedHead)
     circuit = HeadCircuit(heads, CALIBRATION, length=3)
-    qkv = circuit.encode(small_inputs(n=1, seed=2)[0][:3])
+    qkv = circuit.encode(HeadWeights.random_inputs(1, 16, seed=2)[0][:3])
     np.testing.assert_array_equal(circuit.simulate(*qkv), circuit.clear(*qkv))
 
 
@@ -182,7 +177,7 @@ def test_step_circuit_equals_the_last_rows_of_the_full_circuit(two_heads, querie
     assert step.is_step and "queries=" in repr(step) and "KV cache" in str(step.summary())
     assert step.summary().pbs_count < full.summary().pbs_count
     checked = 0
-    for x in small_inputs(n=8, seed=11):
+    for x in HeadWeights.random_inputs(8, 16, seed=11):
         if len(x) < LENGTH:
             continue
         q, k, v = full.encode(x[:LENGTH], pad=False)
@@ -198,7 +193,7 @@ def test_step_circuit_equals_the_last_rows_of_the_full_circuit(two_heads, querie
 def test_step_circuit_checks(two_heads):
     heads, full = two_heads
     step = HeadCircuit(heads, CALIBRATION, length=LENGTH, queries=1)
-    q, k, v = full.encode(small_inputs(n=1, seed=4)[0][:3], pad=False)
+    q, k, v = full.encode(HeadWeights.random_inputs(1, 16, seed=4)[0][:3], pad=False)
     with pytest.raises(SequenceLengthError, match=r"exactly 4 tokens, no padding\); k has shape \(3, 8\)"):
         step.prepare(q[-1:], k, v)
     with pytest.raises(SequenceLengthError, match=r"q of shape \(1, 8\)"):
@@ -227,7 +222,7 @@ def test_keys_are_loaded_for_a_run_and_forgotten_after(two_narrow_heads, tmp_pat
     ensure_keys(circuit.circuit, tmp_path, progress=False)
     unload_keys(circuit.circuit)
     assert not circuit.circuit.keys.are_generated
-    qkv = circuit.encode(small_inputs(n=1, seed=5)[0][:LENGTH])
+    qkv = circuit.encode(HeadWeights.random_inputs(1, 16, seed=5)[0][:LENGTH])
     with keys_loaded(circuit.circuit, tmp_path):
         out = circuit.execute(*qkv)
     assert not circuit.circuit.keys.are_generated
