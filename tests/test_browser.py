@@ -125,19 +125,26 @@ def page(lab):
         browser.close()
 
 
-def kernel_idle(page) -> bool:
-    status = page.locator(".jp-Notebook-ExecutionIndicator").first
-    return status.count() > 0 and status.get_attribute("data-status") == "idle"
+#: True once the notebook's kernel is connected and idle: the status bar then reads "<kernel name> | Idle". (The
+#: toolbar's execution indicator says "idle" from the start, before any kernel is connected; Run All Cells clicked
+#: then clears the prompts and runs nothing.)
+KERNEL_READY = """() => [...document.querySelectorAll('.jp-StatusBar-TextItem')]
+    .some(item => / [|] Idle$/.test(item.textContent.trim()))"""
+
+
+def status_bar(page) -> str:
+    return " / ".join(t.strip() for t in page.locator(".jp-StatusBar-TextItem").all_inner_texts() if t.strip())
 
 
 def test_notebook_01_runs_in_the_browser_and_its_slider_responds(lab, page):
     _, _, root = lab
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.locator(".jp-Notebook").first.wait_for(timeout=60_000)
-    page.wait_for_function(
-        "() => document.querySelector('.jp-Notebook-ExecutionIndicator')?.dataset.status === 'idle'",
-        timeout=120_000,
-    )
+    try:
+        page.wait_for_function(KERNEL_READY, timeout=120_000)
+    except playwright_sync.TimeoutError:
+        page.screenshot(path=str(SCREENSHOTS / "01_no_kernel.png"))
+        pytest.fail(f"the notebook's kernel was not connected and idle in 2 minutes; status bar: {status_bar(page)}")
 
     # Every code cell of the file drawn in the page (a loaded machine renders a long notebook in several frames).
     n_code = sum(c.cell_type == "code" for c in nbformat.read(root / NOTEBOOK, as_version=4).cells)
@@ -146,14 +153,23 @@ def test_notebook_01_runs_in_the_browser_and_its_slider_responds(lab, page):
     # Run > Run All Cells, as a learner would.
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=False).first.click()
+    try:  # the first cell queued or run: "[*]:" or "[1]:"
+        page.wait_for_function(
+            "() => /\\[(\\*|\\d+)\\]/.test(document.querySelector('.jp-CodeCell .jp-InputPrompt')?.textContent)",
+            timeout=60_000,
+        )
+    except playwright_sync.TimeoutError:
+        page.screenshot(path=str(SCREENSHOTS / "01_not_started.png"))
+        pytest.fail(f"Run All Cells started no cell within a minute; status bar: {status_bar(page)}")
     # Every input prompt shows an execution count ("[12]:"), none a star, and the kernel is idle again.
     try:
         page.wait_for_function(
             """(n) => {
                 const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
                 return prompts.length === n && prompts.every(p => /\\[\\d+\\]/.test(p.textContent))
-                    && document.querySelector('.jp-Notebook-ExecutionIndicator')?.dataset.status === 'idle';
-            }""",
+                    && document.querySelector('.jp-Notebook-ExecutionIndicator')?.dataset.status === 'idle'
+                    && (KERNEL_READY)();
+            }""".replace("KERNEL_READY", KERNEL_READY),
             arg=n_code,
             timeout=300_000,
         )

@@ -5,6 +5,9 @@ compilation and key generation take seconds; the bundled model's head is checked
 simulation, and for real in notebook 03.
 """
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -302,3 +305,20 @@ def test_lookup_bits_below_n_bits_is_refused():
         QuantizedHead(HeadWeights.random(16, 4), 4, lookup_bits=3)
     with pytest.raises(ValueError, match="length must be a positive integer"):
         HeadCircuit(small_circuit().head, HeadWeights.random_inputs(12, 16), length=0)
+
+
+def test_a_failure_after_an_encrypted_run_keeps_its_exit_status(tmp_path):
+    """concrete's exit handler ends a process that ran a circuit with status 0; keep_exit_status overrides it."""
+    script = tmp_path / "fails_after_a_run.py"
+    script.write_text(
+        "import sys\n"
+        "from concrete import fhe\n"
+        "from course_lib.fhe import keep_exit_status\n"
+        "square = fhe.compiler({'x': 'encrypted'})(lambda x: x**2)\n"
+        "circuit = square.compile(range(4))\n"
+        "circuit.keygen()\n"
+        "assert circuit.encrypt_run_decrypt(3) == 9\n"
+        "keep_exit_status(3)\n"
+        "sys.exit(3)\n"
+    )
+    assert subprocess.run([sys.executable, str(script)], timeout=300).returncode == 3
