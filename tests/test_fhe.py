@@ -101,6 +101,14 @@ def test_execution_equals_simulation(keyed):
         assert set(times) == {"encrypt", "run", "decrypt"}
 
 
+def test_the_published_design_executes_as_simulated_too(tmp_path):
+    """The keyed tests above run a fast head; the published design's circuit, narrow, on ciphertexts once."""
+    circuit = small_circuit(n_bits=2, lookup_bits=2)
+    ensure_keys(circuit.circuit, tmp_path, progress=False)
+    qkv = circuit.encode(HeadWeights.random_inputs(1, 16, seed=21)[0][:LENGTH])
+    np.testing.assert_array_equal(circuit.execute(*qkv), circuit.simulate(*qkv))
+
+
 def test_execute_without_keys_says_what_to_do():
     circuit = small_circuit(seed=4)
     with pytest.raises(RuntimeError, match="ensure_keys"):
