@@ -12,6 +12,9 @@ It writes into course_lib/assets/ (the files the course ships):
 - text/heldout.jsonl  the held-out passages (never trained on): the course's evaluation text
 - text/calibration.jsonl  a few training passages used to calibrate quantizers
 
+While it trains it prints the loss and, every ``--show-every`` steps, the greedy completion of
+"Cryptography is a": watch the model learn English before it learns what the words mean.
+
 Everything is seeded; run on the same kind of machine, it gives the same files.
 """
 
@@ -51,6 +54,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: %(default)s)")
     parser.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument(
+        "--show-every",
+        type=int,
+        default=400,
+        help="print the greedy completion of the card's first prompt every this many steps; 0: never "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--out", type=Path, default=BUNDLED_MODEL_DIR, help="model folder (default: the bundled one)")
     parser.add_argument(
         "--card-only", action="store_true", help="only rewrite README.md from the folder's metrics.json"
@@ -262,6 +272,13 @@ def main() -> None:
                 f"  step {step:5d}/{args.steps}  loss {running:.3f}  lr {lr_at(step):.2e}  {elapsed / 60:5.1f} min",
                 flush=True,
             )
+        if args.show_every and (step + 1) % args.show_every == 0 and step + 1 < args.steps:
+            # Greedy decoding draws no random numbers and the model has no dropout, so watching the
+            # model learn leaves the trained weights exactly as they would be without it.
+            model.eval()
+            with torch.no_grad():
+                print(f"    after {step + 1} steps: {greedy(model, tokenizer, CARD_PROMPTS[0])!r}", flush=True)
+            model.train()
     train_seconds = time.perf_counter() - start
     model.eval()
     evaluate_and_save(args, model, tokenizer, ids, train_passages, heldout_passages, train_seconds)
