@@ -25,6 +25,7 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,16 +48,31 @@ CARD_PROMPTS = (
 )
 
 
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number no smaller than ``minimum``, or an error that says so."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=2400, help="optimizer steps (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32, help="sequences per step (default: %(default)s)")
+    parser.add_argument("--steps", type=at_least(1), default=2400, help="optimizer steps (default: %(default)s)")
+    parser.add_argument("--batch-size", type=at_least(1), default=32, help="sequences per step (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: %(default)s)")
     parser.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--threads", type=at_least(1), default=2, help="torch CPU threads (default: %(default)s)")
     parser.add_argument(
         "--show-every",
-        type=int,
+        type=at_least(0),
         default=400,
         help="print the greedy completion of the card's first prompt every this many steps; 0: never "
         "(default: %(default)s)",
