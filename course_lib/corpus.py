@@ -47,6 +47,9 @@ HELD_OUT_PER_MILLE = 40
 #: ("See {foo}.") and carry little language; they are dropped from both splits.
 MIN_DEFINITION_CHARS = 40
 
+#: "encryption", "cryptanalysis", "ciphertext", "Cryptographic", ...: about 1 passage in 100.
+_CRYPTOGRAPHY_WORD = re.compile(r"crypt|cipher", re.IGNORECASE)
+
 _B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 
@@ -63,6 +66,11 @@ class Passage:
     def held_out(self) -> bool:
         """True when this passage belongs to the held-out (evaluation) split."""
         return is_held_out(self.source, self.headword)
+
+    @property
+    def about_cryptography(self) -> bool:
+        """True when the passage speaks of cryptography: it names a cipher or something crypt-."""
+        return _CRYPTOGRAPHY_WORD.search(self.text) is not None
 
 
 def is_held_out(source: str, headword: str) -> bool:

@@ -16,6 +16,24 @@ While it trains it prints the loss and, every ``--show-every`` steps, the greedy
 "Cryptography is a": watch the model learn English before it learns what the words mean.
 
 Everything is seeded; run on the same kind of machine, it gives the same files.
+
+Measured alternatives (2 cores, seed 0; top-1 agreement of head 0 of layer 0 on the 571 held-out passages,
+as in ``benchmarks/single_head_topk.py``), with ``--steps`` and ``--cryptography-weight``:
+
+========================  ==========  =========  =====================  ==============  ======================
+run                       train time  held-out   "Cryptography is a"    head removed    course's 4-bit circuit
+                                      perplexity                                        (fast, 6 lookup bits)
+========================  ==========  =========  =====================  ==============  ======================
+2,400 steps, weight 1     33 min      66.4       "set of a set of ..."  93.3%           95.0%
+4,000 steps, weight 1     27 min      54.8       "set of objects ..."   not measured    not measured
+4,000 steps, weight 8     27 min      60.4       "public-key ..."       90.3%           91.0%
+2,400 steps, weight 8     16 min      70.1       "public-key ..."       88.9%           93.2%
+========================  ==========  =========  =====================  ==============  ======================
+
+The bundled model is the first row (the defaults). Without the weight, no run (up to 8,000 steps) completed
+"Cryptography is a" about cryptography; with it, both runs do. Trained longer, the weighted model's first head
+does more and quantizes worse: the course's default circuit then keeps little of it. Train times vary up to 2x
+with the machine's load.
 """
 
 from __future__ import annotations
@@ -69,6 +87,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=at_least(1), default=32, help="sequences per step (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: %(default)s)")
     parser.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary (default: %(default)s)")
+    parser.add_argument(
+        "--cryptography-weight",
+        type=at_least(1),
+        default=1,
+        help="a training window starts this many times as often in a passage about cryptography; 1: as often as "
+        "anywhere else (default: %(default)s)",
+    )
     parser.add_argument("--threads", type=at_least(1), default=2, help="torch CPU threads (default: %(default)s)")
     parser.add_argument(
         "--show-every",
@@ -110,6 +135,33 @@ def token_stream(tokenizer: GPT2TokenizerFast, texts: list[str]) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
+def window_start_weights(
+    tokenizer: GPT2TokenizerFast, passages: list[corpus.Passage], cryptography_weight: int, block: int
+) -> np.ndarray:
+    """Probability that a training window starts at each position of `token_stream`.
+
+    Every position weighs 1, except those of a passage about cryptography, which weigh
+    `cryptography_weight`: the course is about encryption, so its model reads that part
+    of the corpus more often, as large models' training mixtures weight their sources.
+    """
+    weights: list[np.ndarray] = []
+    for passage, encoded in zip(passages, tokenizer([p.text for p in passages])["input_ids"], strict=True):
+        weight = cryptography_weight if passage.about_cryptography else 1
+        weights.append(np.full(len(encoded) + 1, float(weight)))  # + 1: the <|endoftext|> before it
+    starts = np.concatenate(weights)[:-block]  # a window needs `block` tokens after its start
+    return starts / starts.sum()
+
+
+def cryptography_window_share(
+    tokenizer: GPT2TokenizerFast, passages: list[corpus.Passage], cryptography_weight: int
+) -> float:
+    """Share of the training windows that start in a passage about cryptography (see `window_start_weights`)."""
+    tokens = np.array([len(ids) + 1 for ids in tokenizer([p.text for p in passages])["input_ids"]], dtype=float)
+    about = np.array([p.about_cryptography for p in passages])
+    weighted = tokens * np.where(about, cryptography_weight, 1)
+    return float(weighted[about].sum() / weighted.sum())
+
+
 def unigram_perplexity(
     train_ids: np.ndarray, tokenizer: GPT2TokenizerFast, texts: list[str], n_positions: int
 ) -> float:
@@ -139,6 +191,15 @@ def write_model_card(out: Path, metrics: dict) -> None:
         m["heldout_perplexity"],
         m["unigram_heldout_perplexity"],
     )
+    weighting = ""
+    if m.get("cryptography_weight", 1) > 1:
+        weighting = (
+            f" A training window starts {m['cryptography_weight']} times as often in one of the"
+            f" {m['cryptography_passages']} passages about cryptography (a word in *crypt* or *cipher*): they hold"
+            f" {m['cryptography_token_share']:.1%} of the training tokens and start"
+            f" {m['cryptography_window_share']:.1%} of the windows. The course is about encryption, so its model"
+            " reads more about it, as large models' training mixtures weight their sources."
+        )
     card = f"""# course-gpt2: the FHE course's bundled GPT-2
 
 A small language model with **exactly GPT-2's architecture** (`transformers.GPT2LMHeadModel`, `GPT2Config`),
@@ -180,7 +241,8 @@ apt-get install dict-foldoc dict-jargon dict-devil
 .venv/bin/python scripts/train_course_model.py {metrics["command_args"]}
 ```
 Seed {SEED}; {m["steps"]:,} AdamW steps of {m["batch_size"]} x {c["n_positions"]} tokens,
-peak learning rate {m["lr"]}, cosine decay to a tenth; no dropout. Wall time **{m["train_seconds"] / 60:.1f} min on
+peak learning rate {m["lr"]}, cosine decay to a tenth; no dropout.{weighting}
+Wall time **{m["train_seconds"] / 60:.1f} min on
 {m["threads"]} CPU cores** (torch {m["torch_version"]}).
 
 ## Results
@@ -235,7 +297,8 @@ def main() -> None:
 
     if args.evaluate_only:
         model = GPT2LMHeadModel.from_pretrained(args.out).eval()
-        for name in ("steps", "batch_size", "lr", "threads"):
+        previous.setdefault("cryptography_weight", 1)  # a model trained before the option existed
+        for name in ("steps", "batch_size", "lr", "threads", "cryptography_weight"):
             setattr(args, name, previous[name])
         evaluate_and_save(args, model, tokenizer, ids, train_passages, heldout_passages, previous["train_seconds"])
         return
@@ -268,11 +331,19 @@ def main() -> None:
     generator = np.random.default_rng(SEED)
     block = config.n_positions
     data = torch.from_numpy(ids)
+    start_weights = (
+        window_start_weights(tokenizer, train_passages, args.cryptography_weight, block)
+        if args.cryptography_weight > 1
+        else None  # uniform: drawn as before this option existed, so the shipped model is reproduced
+    )
     model.train()
     start = time.perf_counter()
     running = None
     for step in range(args.steps):
-        starts = generator.integers(0, len(ids) - block, size=args.batch_size)
+        if start_weights is None:
+            starts = generator.integers(0, len(ids) - block, size=args.batch_size)
+        else:
+            starts = generator.choice(len(start_weights), size=args.batch_size, p=start_weights)
         batch = torch.stack([data[s : s + block] for s in starts])
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
@@ -322,7 +393,12 @@ def evaluate_and_save(args, model, tokenizer, ids, train_passages, heldout_passa
         "lr": args.lr,
         "threads": args.threads,
         "seed": SEED,
-        "command_args": f"--steps {args.steps} --batch-size {args.batch_size} --lr {args.lr}",
+        "cryptography_weight": args.cryptography_weight,
+        "cryptography_passages": sum(p.about_cryptography for p in train_passages),
+        "cryptography_window_share": cryptography_window_share(tokenizer, train_passages, args.cryptography_weight),
+        "cryptography_token_share": cryptography_window_share(tokenizer, train_passages, 1),
+        "command_args": f"--steps {args.steps} --batch-size {args.batch_size} --lr {args.lr}"
+        f" --cryptography-weight {args.cryptography_weight}",
         "torch_version": torch.__version__,
         "train_seconds": round(train_seconds, 1),
         "train_perplexity": perplexity(model, tokenizer, train_sample),
