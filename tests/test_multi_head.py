@@ -1,8 +1,6 @@
 """Several heads in one circuit (HeadCircuit with a list of heads), SwappedAttention and generation."""
 
-import importlib.util
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,19 +16,10 @@ from course_lib.gpt2 import SwappedAttention, SwappedHead
 from course_lib.keys import ensure_keys, keys_loaded, unload_keys
 
 LENGTH = 4
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 #: Enough calibration inputs that held-out inputs of the same kind stay within the compiled ranges.
 CALIBRATION = HeadWeights.random_inputs(60, 16)
-
-
-def load_benchmark(name: str):
-    """A script of benchmarks/ as a module (the folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def small_heads(n_heads=2, design=FastHead):
@@ -143,7 +132,7 @@ def test_swapped_attention_modes_and_generation(bundled):
     assert len(float_run.tokens) == 3
 
 
-def test_a_circuit_without_parameters_says_how_to_narrow_it(bundled):
+def test_a_circuit_without_parameters_says_how_to_narrow_it(bundled, load_script):
     """Head 1 of the bundled model without rounded products needs lookups too wide for concrete's parameters.
 
     HeadCircuit raises NoParametersError, which says how to narrow the circuit. The benchmarks catch exactly that
@@ -153,9 +142,11 @@ def test_a_circuit_without_parameters_says_how_to_narrow_it(bundled):
     with SwappedAttention(model, 0, n_bits=4, lookup_bits=None) as swap:
         swap.calibrate(tokenizer, load_calibration_prompts(limit=16))
         arguments = (swap.heads[1], swap.calibration_inputs, 2)
+        attention_fhe = load_script("benchmarks/attention_fhe.py")
+        cost_model = load_script("benchmarks/attention_cost_model.py")
         rows = {
-            "attention_fhe": load_benchmark("attention_fhe").measure_circuit(*arguments, execute=False, runs=1),
-            "attention_cost_model": load_benchmark("attention_cost_model").count(*arguments),
+            "attention_fhe": attention_fhe.measure_circuit(*arguments, execute=False, runs=1),
+            "attention_cost_model": cost_model.count(*arguments),
         }
     for script, row in rows.items():
         # Only NoParametersError is caught there, so this message proves HeadCircuit raised it.

@@ -1,6 +1,5 @@
 """The training script: it refuses bad settings before it reads the corpus, and weights its training windows."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -36,16 +35,8 @@ def test_bad_settings_are_refused_with_what_is_allowed(arguments, message, tmp_p
     assert not any(tmp_path.iterdir())  # nothing was trained or written
 
 
-def load_script():
-    """The training script as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("train_course_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_windows_start_more_often_in_passages_about_cryptography():
-    script = load_script()
+def test_windows_start_more_often_in_passages_about_cryptography(load_script):
+    script = load_script("scripts/train_course_model.py")
     tokenizer = load_tokenizer()
     passages = [
         Passage("foldoc", "mouse", "A pointing device.", "Mouse is a pointing device with buttons."),
