@@ -135,31 +135,21 @@ def token_stream(tokenizer: GPT2TokenizerFast, texts: list[str]) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
-def window_start_weights(
-    tokenizer: GPT2TokenizerFast, passages: list[corpus.Passage], cryptography_weight: int, block: int
-) -> np.ndarray:
+def cryptography_positions(tokenizer: GPT2TokenizerFast, passages: list[corpus.Passage]) -> np.ndarray:
+    """For each position of `token_stream`: True inside a passage about cryptography (its <|endoftext|> included)."""
+    lengths = [len(ids) + 1 for ids in tokenizer([p.text for p in passages])["input_ids"]]
+    return np.repeat([p.about_cryptography for p in passages], lengths)
+
+
+def window_start_weights(in_cryptography: np.ndarray, cryptography_weight: int, block: int) -> np.ndarray:
     """Probability that a training window starts at each position of `token_stream`.
 
-    Every position weighs 1, except those of a passage about cryptography, which weigh
-    `cryptography_weight`: the course is about encryption, so its model reads that part
-    of the corpus more often, as large models' training mixtures weight their sources.
+    Every position weighs 1, except those of a passage about cryptography (`in_cryptography`),
+    which weigh `cryptography_weight`: the course is about encryption, so its model reads that
+    part of the corpus more often, as large models' training mixtures weight their sources.
     """
-    weights: list[np.ndarray] = []
-    for passage, encoded in zip(passages, tokenizer([p.text for p in passages])["input_ids"], strict=True):
-        weight = cryptography_weight if passage.about_cryptography else 1
-        weights.append(np.full(len(encoded) + 1, float(weight)))  # + 1: the <|endoftext|> before it
-    starts = np.concatenate(weights)[:-block]  # a window needs `block` tokens after its start
+    starts = np.where(in_cryptography, float(cryptography_weight), 1.0)[:-block]  # a window needs `block` tokens
     return starts / starts.sum()
-
-
-def cryptography_window_share(
-    tokenizer: GPT2TokenizerFast, passages: list[corpus.Passage], cryptography_weight: int
-) -> float:
-    """Share of the training windows that start in a passage about cryptography (see `window_start_weights`)."""
-    tokens = np.array([len(ids) + 1 for ids in tokenizer([p.text for p in passages])["input_ids"]], dtype=float)
-    about = np.array([p.about_cryptography for p in passages])
-    weighted = tokens * np.where(about, cryptography_weight, 1)
-    return float(weighted[about].sum() / weighted.sum())
 
 
 def unigram_perplexity(
@@ -332,7 +322,7 @@ def main() -> None:
     block = config.n_positions
     data = torch.from_numpy(ids)
     start_weights = (
-        window_start_weights(tokenizer, train_passages, args.cryptography_weight, block)
+        window_start_weights(cryptography_positions(tokenizer, train_passages), args.cryptography_weight, block)
         if args.cryptography_weight > 1
         else None  # uniform: drawn as before this option existed, so the shipped model is reproduced
     )
@@ -379,6 +369,8 @@ def evaluate_and_save(args, model, tokenizer, ids, train_passages, heldout_passa
     train_texts = [p.text for p in train_passages]
     heldout_texts = [p.text for p in heldout_passages]
     print("evaluating ...", flush=True)
+    in_cryptography = cryptography_positions(tokenizer, train_passages)
+    start_weights = window_start_weights(in_cryptography, args.cryptography_weight, block)
     sample_rng = np.random.default_rng(SEED + 1)
     train_sample = [
         train_texts[i] for i in sorted(sample_rng.choice(len(train_texts), len(heldout_texts), replace=False))
@@ -395,8 +387,8 @@ def evaluate_and_save(args, model, tokenizer, ids, train_passages, heldout_passa
         "seed": SEED,
         "cryptography_weight": args.cryptography_weight,
         "cryptography_passages": sum(p.about_cryptography for p in train_passages),
-        "cryptography_window_share": cryptography_window_share(tokenizer, train_passages, args.cryptography_weight),
-        "cryptography_token_share": cryptography_window_share(tokenizer, train_passages, 1),
+        "cryptography_window_share": float(start_weights[in_cryptography[:-block]].sum()),
+        "cryptography_token_share": float(in_cryptography.mean()),
         "command_args": f"--steps {args.steps} --batch-size {args.batch_size} --lr {args.lr}"
         f" --cryptography-weight {args.cryptography_weight}",
         "torch_version": torch.__version__,

@@ -46,7 +46,9 @@ def test_windows_start_more_often_in_passages_about_cryptography(load_script):
     assert [p.about_cryptography for p in passages] == [False, True, False]
     ids = script.token_stream(tokenizer, [p.text for p in passages])
     block = 4
-    weights = script.window_start_weights(tokenizer, passages, cryptography_weight=8, block=block)
+    in_cryptography = script.cryptography_positions(tokenizer, passages)
+    assert len(in_cryptography) == len(ids)  # one flag per position of the token stream
+    weights = script.window_start_weights(in_cryptography, cryptography_weight=8, block=block)
 
     assert len(weights) == len(ids) - block  # as many starts as the uniform draw allows
     assert weights.sum() == pytest.approx(1.0)
