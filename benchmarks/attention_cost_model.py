@@ -29,7 +29,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from course_lib.data import load_calibration_prompts
-from course_lib.fhe import DEFAULT_LOOKUP_BITS, DEFAULT_N_BITS, HeadCircuit, configuration
+from course_lib.fhe import DEFAULT_LOOKUP_BITS, DEFAULT_N_BITS, HeadCircuit, NoParametersError, configuration
 from course_lib.gpt2 import SwappedAttention
 from course_lib.models import load_model, load_tokenizer
 
@@ -69,7 +69,7 @@ def count(heads, inputs, length: int) -> dict:
     """Compile ``heads`` for ``length`` tokens and keep what the compiler reports."""
     try:
         circuit = HeadCircuit(heads, inputs, length, configuration())
-    except RuntimeError as error:
+    except NoParametersError as error:
         return {"length": length, "error": f"does not compile: {error}"}
     summary = circuit.summary()
     return {

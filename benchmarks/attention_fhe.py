@@ -46,7 +46,7 @@ import torch
 from course_lib.attention import HeadWeights
 from course_lib.data import load_calibration_prompts, load_evaluation_passages
 from course_lib.evaluation import float_top1, sweep_topk_agreement
-from course_lib.fhe import HeadCircuit, configuration
+from course_lib.fhe import HeadCircuit, NoParametersError, configuration
 from course_lib.gpt2 import SwappedHead, head_class, head_weights
 from course_lib.models import load_model, load_tokenizer
 
@@ -100,7 +100,7 @@ def measure_circuit(head, inputs, length: int, execute: bool, runs: int, max_com
     row: dict = {"length": length}
     try:
         circuit = HeadCircuit(head, inputs, length, configuration())
-    except RuntimeError as error:  # NoParametersFound: no cryptographic parameters for these bit widths
+    except NoParametersError as error:  # no cryptographic parameters for these bit widths
         row["error"] = f"does not compile: {error}"
         return row
     summary = circuit.summary()
@@ -147,7 +147,7 @@ def gpt2_shaped_counts(designs: list[str], lengths: list[int], n_bits: int = 4) 
             try:
                 circuit = HeadCircuit(head, inputs, length, configuration())
                 row.update(max_bit_width=circuit.summary().max_bit_width, pbs=circuit.summary().pbs_count)
-            except RuntimeError as error:
+            except NoParametersError as error:
                 row["error"] = f"does not compile: {error}"
             rows.append(row)
             print(_gpt2_line(row), flush=True)

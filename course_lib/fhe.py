@@ -104,6 +104,10 @@ class InputRangeError(ValueError):
     """Integers outside the range the circuit was compiled for (they would wrap around silently)."""
 
 
+class NoParametersError(ValueError):
+    """concrete found no cryptographic parameters for a circuit: its lookups read integers too wide to bootstrap."""
+
+
 def configuration(**overrides) -> fhe.Configuration:
     """The course's compiler configuration; keyword arguments override single settings.
 
@@ -289,7 +293,7 @@ class HeadCircuit:
             if "NoParametersFound" not in str(error):
                 raise
             head = self.heads[0]
-            raise ValueError(
+            raise NoParametersError(
                 f"concrete found no cryptographic parameters for this circuit (n_bits={head.n_bits}, "
                 f"lookup_bits={head.lookup_bits}): its lookups read integers too wide to bootstrap. Use fewer "
                 f"n_bits, or round the products with lookup_bits (the course's default is {DEFAULT_LOOKUP_BITS})"

@@ -17,22 +17,23 @@ While it trains it prints the loss and, every ``--show-every`` steps, the greedy
 
 Everything is seeded; run on the same kind of machine, it gives the same files.
 
-Why these defaults (measured on 2 cores, seed 0; top-1 agreement of head 0 of layer 0 on the 571 held-out
-passages, as in ``benchmarks/single_head_topk.py``):
+Measured alternatives (2 cores, seed 0; top-1 agreement of head 0 of layer 0 on the 571 held-out passages,
+as in ``benchmarks/single_head_topk.py``), with ``--steps`` and ``--cryptography-weight``:
 
-========================  ==========  =========  ====================  ==============  =====================
-run                       train time  held-out   "Cryptography is a"   head removed    course's 4-bit circuit
+========================  ==========  =========  =====================  ==============  ======================
+run                       train time  held-out   "Cryptography is a"    head removed    course's 4-bit circuit
                                       perplexity                                        (fast, 6 lookup bits)
-========================  ==========  =========  ====================  ==============  =====================
+========================  ==========  =========  =====================  ==============  ======================
 2,400 steps, weight 1     33 min      66.4       "set of a set of ..."  93.3%           95.0%
 4,000 steps, weight 1     27 min      54.8       "set of objects ..."   not measured    not measured
 4,000 steps, weight 8     27 min      60.4       "public-key ..."       90.3%           91.0%
 2,400 steps, weight 8     16 min      70.1       "public-key ..."       88.9%           93.2%
-========================  ==========  =========  ====================  ==============  =====================
+========================  ==========  =========  =====================  ==============  ======================
 
-Without the weight, no run (up to 8,000 steps) completed "Cryptography is a" about cryptography. Trained longer,
-the weighted model's first head does more and quantizes worse: the course's default circuit then keeps little of
-it. The defaults are the last row. (Train times vary up to 2x with the machine's load.)
+The bundled model is the last row (the defaults). Without the weight, no run (up to 8,000 steps) completed
+"Cryptography is a" about cryptography; with it, both runs do. Trained longer, the weighted model's first head
+does more and quantizes worse: the course's default circuit then keeps little of it. Train times vary up to 2x
+with the machine's load.
 """
 
 from __future__ import annotations
@@ -134,31 +135,21 @@ def token_stream(tokenizer: GPT2TokenizerFast, texts: list[str]) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
-def window_start_weights(
-    tokenizer: GPT2TokenizerFast, passages: list[corpus.Passage], cryptography_weight: int, block: int
-) -> np.ndarray:
+def cryptography_positions(tokenizer: GPT2TokenizerFast, passages: list[corpus.Passage]) -> np.ndarray:
+    """For each position of `token_stream`: True inside a passage about cryptography (its <|endoftext|> included)."""
+    lengths = [len(ids) + 1 for ids in tokenizer([p.text for p in passages])["input_ids"]]
+    return np.repeat([p.about_cryptography for p in passages], lengths)
+
+
+def window_start_weights(in_cryptography: np.ndarray, cryptography_weight: int, block: int) -> np.ndarray:
     """Probability that a training window starts at each position of `token_stream`.
 
-    Every position weighs 1, except those of a passage about cryptography, which weigh
-    `cryptography_weight`: the course is about encryption, so its model reads that part
-    of the corpus more often, as large models' training mixtures weight their sources.
+    Every position weighs 1, except those of a passage about cryptography (`in_cryptography`),
+    which weigh `cryptography_weight`: the course is about encryption, so its model reads that
+    part of the corpus more often, as large models' training mixtures weight their sources.
     """
-    weights: list[np.ndarray] = []
-    for passage, encoded in zip(passages, tokenizer([p.text for p in passages])["input_ids"], strict=True):
-        weight = cryptography_weight if passage.about_cryptography else 1
-        weights.append(np.full(len(encoded) + 1, float(weight)))  # + 1: the <|endoftext|> before it
-    starts = np.concatenate(weights)[:-block]  # a window needs `block` tokens after its start
+    starts = np.where(in_cryptography, float(cryptography_weight), 1.0)[:-block]  # a window needs `block` tokens
     return starts / starts.sum()
-
-
-def cryptography_window_share(
-    tokenizer: GPT2TokenizerFast, passages: list[corpus.Passage], cryptography_weight: int
-) -> float:
-    """Share of the training windows that start in a passage about cryptography (see `window_start_weights`)."""
-    tokens = np.array([len(ids) + 1 for ids in tokenizer([p.text for p in passages])["input_ids"]], dtype=float)
-    about = np.array([p.about_cryptography for p in passages])
-    weighted = tokens * np.where(about, cryptography_weight, 1)
-    return float(weighted[about].sum() / weighted.sum())
 
 
 def unigram_perplexity(
@@ -331,7 +322,7 @@ def main() -> None:
     block = config.n_positions
     data = torch.from_numpy(ids)
     start_weights = (
-        window_start_weights(tokenizer, train_passages, args.cryptography_weight, block)
+        window_start_weights(cryptography_positions(tokenizer, train_passages), args.cryptography_weight, block)
         if args.cryptography_weight > 1
         else None  # uniform: drawn as before this option existed, so the shipped model is reproduced
     )
@@ -378,6 +369,8 @@ def evaluate_and_save(args, model, tokenizer, ids, train_passages, heldout_passa
     train_texts = [p.text for p in train_passages]
     heldout_texts = [p.text for p in heldout_passages]
     print("evaluating ...", flush=True)
+    in_cryptography = cryptography_positions(tokenizer, train_passages)
+    start_weights = window_start_weights(in_cryptography, args.cryptography_weight, block)
     sample_rng = np.random.default_rng(SEED + 1)
     train_sample = [
         train_texts[i] for i in sorted(sample_rng.choice(len(train_texts), len(heldout_texts), replace=False))
@@ -394,8 +387,8 @@ def evaluate_and_save(args, model, tokenizer, ids, train_passages, heldout_passa
         "seed": SEED,
         "cryptography_weight": args.cryptography_weight,
         "cryptography_passages": sum(p.about_cryptography for p in train_passages),
-        "cryptography_window_share": cryptography_window_share(tokenizer, train_passages, args.cryptography_weight),
-        "cryptography_token_share": cryptography_window_share(tokenizer, train_passages, 1),
+        "cryptography_window_share": float(start_weights[in_cryptography[:-block]].sum()),
+        "cryptography_token_share": float(in_cryptography.mean()),
         "command_args": f"--steps {args.steps} --batch-size {args.batch_size} --lr {args.lr}"
         f" --cryptography-weight {args.cryptography_weight}",
         "torch_version": torch.__version__,

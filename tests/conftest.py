@@ -1,8 +1,12 @@
-"""Shared test fixtures: the bundled model is loaded once per session, offline."""
+"""Shared test fixtures: the bundled model is loaded once per session, offline; scripts load as modules."""
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # The tests never reach the Hugging Face Hub, whatever the machine's network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -15,6 +19,21 @@ def bundled():
     from course_lib.models import load_model, load_tokenizer
 
     return load_model("course-gpt2"), load_tokenizer("course-gpt2")
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """A function that loads a script of the repository as a module, e.g. ``load_script("benchmarks/attention_fhe.py")``
+    (scripts/ and benchmarks/ are folders of scripts, not packages)."""
+
+    def load(relative_path: str):
+        path = ROOT / relative_path
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -1,5 +1,7 @@
 """Several heads in one circuit (HeadCircuit with a list of heads), SwappedAttention and generation."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -130,13 +132,28 @@ def test_swapped_attention_modes_and_generation(bundled):
     assert len(float_run.tokens) == 3
 
 
-def test_a_circuit_without_parameters_says_how_to_narrow_it(bundled):
-    """Head 1 of the bundled model without rounded products needs lookups too wide for concrete's parameters."""
+def test_a_circuit_without_parameters_says_how_to_narrow_it(bundled, load_script):
+    """Head 1 of the bundled model without rounded products needs lookups too wide for concrete's parameters.
+
+    HeadCircuit raises NoParametersError, which says how to narrow the circuit. The benchmarks catch exactly that
+    error, record the circuit as one that does not compile, and go on with the next one.
+    """
     model, tokenizer = bundled
     with SwappedAttention(model, 0, n_bits=4, lookup_bits=None) as swap:
         swap.calibrate(tokenizer, load_calibration_prompts(limit=16))
-        with pytest.raises(ValueError, match="no cryptographic parameters .* lookup_bits"):
-            HeadCircuit(swap.heads[1], swap.calibration_inputs, 2)
+        arguments = (swap.heads[1], swap.calibration_inputs, 2)
+        attention_fhe = load_script("benchmarks/attention_fhe.py")
+        cost_model = load_script("benchmarks/attention_cost_model.py")
+        rows = {
+            "attention_fhe": attention_fhe.measure_circuit(*arguments, execute=False, runs=1),
+            "attention_cost_model": cost_model.count(*arguments),
+        }
+    for script, row in rows.items():
+        # Only NoParametersError is caught there, so this message proves HeadCircuit raised it.
+        assert re.fullmatch(
+            r"does not compile: concrete found no cryptographic parameters .* lookup_bits.*", row["error"]
+        ), script
+        assert set(row) == {"length", "error"}, script
 
 
 def test_swapped_attention_replaces_every_head(bundled):

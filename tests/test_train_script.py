@@ -1,6 +1,5 @@
 """The training script: it refuses bad settings before it reads the corpus, and weights its training windows."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -36,16 +35,8 @@ def test_bad_settings_are_refused_with_what_is_allowed(arguments, message, tmp_p
     assert not any(tmp_path.iterdir())  # nothing was trained or written
 
 
-def load_script():
-    """The training script as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("train_course_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_windows_start_more_often_in_passages_about_cryptography():
-    script = load_script()
+def test_windows_start_more_often_in_passages_about_cryptography(load_script):
+    script = load_script("scripts/train_course_model.py")
     tokenizer = load_tokenizer()
     passages = [
         Passage("foldoc", "mouse", "A pointing device.", "Mouse is a pointing device with buttons."),
@@ -55,7 +46,9 @@ def test_windows_start_more_often_in_passages_about_cryptography():
     assert [p.about_cryptography for p in passages] == [False, True, False]
     ids = script.token_stream(tokenizer, [p.text for p in passages])
     block = 4
-    weights = script.window_start_weights(tokenizer, passages, cryptography_weight=8, block=block)
+    in_cryptography = script.cryptography_positions(tokenizer, passages)
+    assert len(in_cryptography) == len(ids)  # one flag per position of the token stream
+    weights = script.window_start_weights(in_cryptography, cryptography_weight=8, block=block)
 
     assert len(weights) == len(ids) - block  # as many starts as the uniform draw allows
     assert weights.sum() == pytest.approx(1.0)
