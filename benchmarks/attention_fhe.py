@@ -22,7 +22,7 @@ PBS counts for a GPT-2-shaped head (head dim 64, model width 768, random weights
 
 Executions are slow. They run for the n_bits given by ``--execute-n-bits`` (default: 4, the
 course's setting), the lengths given by ``--execute-lengths`` (default: all), and circuits whose
-compiler complexity is at most ``--execute-max-complexity`` (default: no limit; about 9e-11 s
+compiler complexity is at most ``--execute-max-complexity`` (default: no limit; about 1e-10 s
 per unit on 2 cores) and whose evaluation keys, before compression, take at most
 ``--execute-max-keys-gb`` (default: 8 GB). Generating keys takes more memory than their size: the
 published 4-bit head of the bundled model needs 17 GB of them at 4 tokens, and generating them ran a
