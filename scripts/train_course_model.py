@@ -204,9 +204,9 @@ downloading anything. Swap in OpenAI's `gpt2` with `COURSE_MODEL=gpt2` when you 
 | vocabulary | {c["vocab_size"]} byte-level BPE | 50257 byte-level BPE |
 | parameters | {metrics["parameters"]:,} | 124M |
 
-Why this size: one attention head of it (head dim 32, width 128) compiles and runs on ciphertexts in seconds on a
-laptop, while keeping GPT-2's exact module names (`transformer.h[i].attn.c_attn`, `c_proj`), so the same course code
-runs on OpenAI's `gpt2`.
+Why this size: one attention head of it (head dim 32, width 128) compiles in seconds and runs on ciphertexts in about
+half a minute on a laptop, while keeping GPT-2's exact module names (`transformer.h[i].attn.c_attn`, `c_proj`), so the
+same course code runs on OpenAI's `gpt2`.
 
 ## Training data
 Entries of three dictionaries about computing, read from Debian's dictd packages and cleaned of their markup
