@@ -26,7 +26,7 @@ compiler complexity is at most ``--execute-max-complexity`` (default: no limit; 
 per unit on 2 cores) and whose evaluation keys, before compression, take at most
 ``--execute-max-keys-gb`` (default: 8 GB). Generating keys takes more memory than their size: the
 published 4-bit head of the bundled model needs 17 GB of them at 4 tokens, and generating them ran a
-24 GB machine out of memory. The other circuits are compiled and simulated only. ``--quick`` is a smoke
+25 GB machine out of memory. The other circuits are compiled and simulated only. ``--quick`` is a smoke
 test: one length, one n_bits, no encrypted run, 20 passages. ``--merge --designs fast`` re-measures
 one design and keeps the other's rows from the existing file. The results go to
 benchmarks/results/attention_fhe.json.

@@ -160,7 +160,7 @@ def test_the_benchmark_does_not_generate_keys_too_large_for_its_limit(bundled, l
     """A circuit whose evaluation keys exceed --execute-max-keys-gb is compiled and simulated, not run.
 
     Generating keys needs more memory than their size: without this limit, the published head's 17 GB of keys
-    ran the benchmark's 24 GB machine out of memory.
+    ran the benchmark's 25 GB machine out of memory.
     """
     model, tokenizer = bundled
     attention_fhe = load_script("benchmarks/attention_fhe.py")
