@@ -22,8 +22,11 @@ PBS counts for a GPT-2-shaped head (head dim 64, model width 768, random weights
 
 Executions are slow. They run for the n_bits given by ``--execute-n-bits`` (default: 4, the
 course's setting), the lengths given by ``--execute-lengths`` (default: all), and circuits whose
-compiler complexity is at most ``--execute-max-complexity`` (default: no limit; about 9e-11 s
-per unit on 2 cores). The other circuits are compiled and simulated only. ``--quick`` is a smoke
+compiler complexity is at most ``--execute-max-complexity`` (default: no limit; about 1e-10 s
+per unit on 2 cores) and whose evaluation keys, before compression, take at most
+``--execute-max-keys-gb`` (default: 8 GB). Generating keys takes more memory than their size: the
+published 4-bit head of the bundled model needs 17 GB of them at 4 tokens, and generating them ran a
+25 GB machine out of memory. The other circuits are compiled and simulated only. ``--quick`` is a smoke
 test: one length, one n_bits, no encrypted run, 20 passages. ``--merge --designs fast`` re-measures
 one design and keeps the other's rows from the existing file. The results go to
 benchmarks/results/attention_fhe.json.
@@ -75,6 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--execute-max-complexity", type=float, default=None, help="compile only circuits above this complexity"
     )
+    parser.add_argument(
+        "--execute-max-keys-gb",
+        type=float,
+        default=8.0,
+        help="compile only circuits whose evaluation keys (before compression) take more (default: %(default)s GB)",
+    )
     parser.add_argument("--runs", type=int, default=3, help="encrypted runs per circuit (the median is kept)")
     parser.add_argument("--limit", type=int, default=None, help="evaluation passages (default: all)")
     parser.add_argument("--gpt2-lengths", type=int, nargs="*", default=[4, 6, 8, 16], help="GPT-2-shaped head")
@@ -94,9 +103,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def measure_circuit(head, inputs, length: int, execute: bool, runs: int, max_complexity: float | None = None) -> dict:
+def measure_circuit(
+    head,
+    inputs,
+    length: int,
+    execute: bool,
+    runs: int,
+    max_complexity: float | None = None,
+    max_keys_gb: float | None = None,
+) -> dict:
     """Compile ``head`` for ``length`` tokens; if ``execute`` (and its complexity is at most
-    ``max_complexity``), generate keys and run it ``runs`` times."""
+    ``max_complexity``, its evaluation keys at most ``max_keys_gb`` before compression), generate
+    keys and run it ``runs`` times. Otherwise the row says in ``not_executed`` why it did not run."""
     row: dict = {"length": length}
     try:
         circuit = HeadCircuit(head, inputs, length, configuration())
@@ -109,6 +127,7 @@ def measure_circuit(head, inputs, length: int, execute: bool, runs: int, max_com
         pbs=summary.pbs_count,
         pbs_per_step=summary.pbs_per_step,
         complexity=summary.complexity,
+        evaluation_keys_mb=round(summary.evaluation_key_bytes / 1e6, 1),
         compile_seconds=round(summary.compile_seconds, 2),
     )
     qkv = circuit.encode(inputs[-1][:length])
@@ -117,6 +136,12 @@ def measure_circuit(head, inputs, length: int, execute: bool, runs: int, max_com
         raise AssertionError(f"simulation differs from the clear computation ({head.design}, length {length})")
     if execute and max_complexity is not None and summary.complexity > max_complexity:
         row["not_executed"] = f"complexity {summary.complexity:.3g} above --execute-max-complexity"
+        execute = False
+    if execute and max_keys_gb is not None and summary.evaluation_key_bytes > max_keys_gb * 1e9:
+        row["not_executed"] = (
+            f"evaluation keys {summary.evaluation_key_bytes / 1e9:.1f} GB before compression, "
+            f"above --execute-max-keys-gb {max_keys_gb:g}"
+        )
         execute = False
     if execute:
         start = time.perf_counter()
@@ -220,7 +245,11 @@ def main(argv: list[str] | None = None) -> None:
                 execute = n_bits in args.execute_n_bits and (
                     args.execute_lengths is None or length in args.execute_lengths
                 )
-                row.update(measure_circuit(head, inputs, length, execute, args.runs, args.execute_max_complexity))
+                row.update(
+                    measure_circuit(
+                        head, inputs, length, execute, args.runs, args.execute_max_complexity, args.execute_max_keys_gb
+                    )
+                )
                 rows.append(row)
                 print(format_table([row]).splitlines()[-1], flush=True)
     print()

@@ -66,7 +66,7 @@ DEFAULT_DESIGN = "fast"
 DEFAULT_LOOKUP_BITS = 6
 #: The notebooks' setting in a memory-capped session (Binder): 3-bit activations, lookups rounded to 3 bits.
 #: With one parameter set per circuit (see :func:`configuration`), one head's evaluation keys at 4 tokens
-#: take 173 MB before compression instead of 1,388 MB at the default setting, and four heads 326-346 MB.
+#: take 120 MB before compression instead of 3,170 MB at the default setting, and four heads 240 MB.
 LIGHT_N_BITS = 3
 LIGHT_LOOKUP_BITS = 3
 
@@ -116,9 +116,11 @@ def configuration(**overrides) -> fhe.Configuration:
     In a memory-capped session (:func:`course_lib.environment.memory_capped`, e.g. mybinder.org's
     2 GB) the compiler picks one set of cryptographic parameters for the whole circuit
     (``parameter_selection_strategy="mono"``) instead of one per part of it ("multi", concrete's
-    default). The circuit computes the same integers; its evaluation keys are about a third of the
-    size (one head at 4 tokens: 416 MB instead of 1,388 MB; the four heads: 710 MB instead of
-    2,249 MB), and a run costs more (the compiler's estimate: 1.2x for one head, 2.6x for four).
+    default). The circuit computes the same integers and its evaluation keys are smaller, but
+    every PBS then pays for the widest one. At the default bits, one head at 4 tokens takes
+    1,704 MB of keys instead of 3,170 MB and the four heads 1,704 MB instead of 4,120 MB, and a
+    run costs about 6 times as much (the compiler's estimate); at the light bits the keys are
+    120 and 240 MB.
     """
     settings = {"compress_evaluation_keys": True, "show_progress": False}
     if memory_capped():

@@ -30,7 +30,7 @@ run                       train time  held-out   "Cryptography is a"    head rem
 2,400 steps, weight 8     16 min      70.1       "public-key ..."       88.9%           93.2%
 ========================  ==========  =========  =====================  ==============  ======================
 
-The bundled model is the first row (the defaults). Without the weight, no run (up to 8,000 steps) completed
+The bundled model is the last row (the defaults). Without the weight, no run (up to 8,000 steps) completed
 "Cryptography is a" about cryptography; with it, both runs do. Trained longer, the weighted model's first head
 does more and quantizes worse: the course's default circuit then keeps little of it. Train times vary up to 2x
 with the machine's load.
@@ -90,7 +90,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--cryptography-weight",
         type=at_least(1),
-        default=1,
+        default=8,
         help="a training window starts this many times as often in a passage about cryptography; 1: as often as "
         "anywhere else (default: %(default)s)",
     )
@@ -204,9 +204,9 @@ downloading anything. Swap in OpenAI's `gpt2` with `COURSE_MODEL=gpt2` when you 
 | vocabulary | {c["vocab_size"]} byte-level BPE | 50257 byte-level BPE |
 | parameters | {metrics["parameters"]:,} | 124M |
 
-Why this size: one attention head of it (head dim 32, width 128) compiles and runs on ciphertexts in seconds on a
-laptop, while keeping GPT-2's exact module names (`transformer.h[i].attn.c_attn`, `c_proj`), so the same course code
-runs on OpenAI's `gpt2`.
+Why this size: one attention head of it (head dim 32, width 128) compiles in seconds and runs on ciphertexts in about
+half a minute on a laptop, while keeping GPT-2's exact module names (`transformer.h[i].attn.c_attn`, `c_proj`), so the
+same course code runs on OpenAI's `gpt2`.
 
 ## Training data
 Entries of three dictionaries about computing, read from Debian's dictd packages and cleaned of their markup

@@ -156,6 +156,27 @@ def test_a_circuit_without_parameters_says_how_to_narrow_it(bundled, load_script
         assert set(row) == {"length", "error"}, script
 
 
+def test_the_benchmark_does_not_generate_keys_too_large_for_its_limit(bundled, load_script):
+    """A circuit whose evaluation keys exceed --execute-max-keys-gb is compiled and simulated, not run.
+
+    Generating keys needs more memory than their size: without this limit, the published head's 17 GB of keys
+    ran the benchmark's 25 GB machine out of memory.
+    """
+    model, tokenizer = bundled
+    attention_fhe = load_script("benchmarks/attention_fhe.py")
+    with SwappedHead(model, 0, 0, n_bits=4, lookup_bits=6, design="fast") as swap:
+        swap.calibrate(tokenizer, load_calibration_prompts(limit=16))
+        row = attention_fhe.measure_circuit(
+            swap.head, swap.calibration_inputs, 2, execute=True, runs=1, max_keys_gb=0.001
+        )
+    assert row["evaluation_keys_mb"] > 1
+    gigabytes = row["evaluation_keys_mb"] / 1e3
+    assert row["not_executed"] == (
+        f"evaluation keys {gigabytes:.1f} GB before compression, above --execute-max-keys-gb 0.001"
+    )
+    assert "keygen_seconds" not in row and "run_seconds" not in row
+
+
 def test_swapped_attention_replaces_every_head(bundled):
     """With every head swapped, the float side of each head must rebuild the float model exactly."""
     model, tokenizer = bundled
