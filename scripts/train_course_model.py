@@ -283,6 +283,7 @@ def main() -> None:
         print("training the tokenizer ...", flush=True)
         tokenizer = train_tokenizer(train_texts, args.vocab_size)
     ids = token_stream(tokenizer, train_texts)
+    in_cryptography = cryptography_positions(tokenizer, train_passages)  # one flag per position of `ids`
     print(f"  vocabulary {len(tokenizer)}, {len(ids):,} training tokens", flush=True)
 
     if args.evaluate_only:
@@ -290,7 +291,9 @@ def main() -> None:
         previous.setdefault("cryptography_weight", 1)  # a model trained before the option existed
         for name in ("steps", "batch_size", "lr", "threads", "cryptography_weight"):
             setattr(args, name, previous[name])
-        evaluate_and_save(args, model, tokenizer, ids, train_passages, heldout_passages, previous["train_seconds"])
+        evaluate_and_save(
+            args, model, tokenizer, ids, in_cryptography, train_passages, heldout_passages, previous["train_seconds"]
+        )
         return
     config = GPT2Config(
         vocab_size=len(tokenizer),
@@ -322,7 +325,7 @@ def main() -> None:
     block = config.n_positions
     data = torch.from_numpy(ids)
     start_weights = (
-        window_start_weights(cryptography_positions(tokenizer, train_passages), args.cryptography_weight, block)
+        window_start_weights(in_cryptography, args.cryptography_weight, block)
         if args.cryptography_weight > 1
         else None  # uniform: drawn as before this option existed, so the shipped model is reproduced
     )
@@ -358,18 +361,22 @@ def main() -> None:
             model.train()
     train_seconds = time.perf_counter() - start
     model.eval()
-    evaluate_and_save(args, model, tokenizer, ids, train_passages, heldout_passages, train_seconds)
+    evaluate_and_save(args, model, tokenizer, ids, in_cryptography, train_passages, heldout_passages, train_seconds)
 
 
-def evaluate_and_save(args, model, tokenizer, ids, train_passages, heldout_passages, train_seconds: float) -> None:
-    """Measure the model (perplexities, greedy completions), then save it with its card and the shipped texts."""
+def evaluate_and_save(
+    args, model, tokenizer, ids, in_cryptography, train_passages, heldout_passages, train_seconds: float
+) -> None:
+    """Measure the model (perplexities, greedy completions), then save it with its card and the shipped texts.
+
+    `ids` is the training token stream and `in_cryptography` its per-position flags (`cryptography_positions`).
+    """
     config = model.config
     block = config.n_positions
     n_params = sum(p.numel() for p in model.parameters())
     train_texts = [p.text for p in train_passages]
     heldout_texts = [p.text for p in heldout_passages]
     print("evaluating ...", flush=True)
-    in_cryptography = cryptography_positions(tokenizer, train_passages)
     start_weights = window_start_weights(in_cryptography, args.cryptography_weight, block)
     sample_rng = np.random.default_rng(SEED + 1)
     train_sample = [
