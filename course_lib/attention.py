@@ -58,6 +58,13 @@ HEAD_QUANTIZERS: tuple[str, ...] = ("input", "q", "k", "v", "scores", "exp", "in
 #: The product steps of the encrypted part, named by the quantizer that reads their sums.
 PRODUCT_STEPS: tuple[str, ...] = ("scores", "probs", "output")
 
+#: What the projection makes, in c_attn's order.
+PROJECTED: tuple[str, ...] = ("q", "k", "v")
+
+#: How the clear weights of the projection are quantized: one scale for the head's q, k and v
+#: columns together (``"tensor"``), or one for each of them (``"qkv"``).
+WEIGHT_SCALES: tuple[str, ...] = ("tensor", "qkv")
+
 
 @dataclass(frozen=True)
 class HeadWeights:
@@ -133,6 +140,15 @@ class QuantizedHead:
             are not encrypted, so their bits cost nothing in PBS but set the accumulators' size).
         lookup_bits: if set, the product steps drop low bits so that each sum of products
             is at most this many bits wide on the calibration data (``None``: exact products).
+        projection_bits: if set, each of q, k, v's accumulators ``x @ W + b`` is rounded so that it
+            is at most this many bits wide on the calibration data before its requantization lookup
+            (``None``: the lookup reads the whole accumulator, too wide for FHE when the projection
+            runs inside the circuit).
+        exact_projection_rounding: False rounds those accumulators approximately in FHE (no extra
+            PBS, but a value near halfway may round either way, at random); True rounds exactly,
+            one extra PBS per dropped bit and value. The clear integers always round exactly.
+        weight_scales: ``"tensor"``: one scale for the head's c_attn columns; ``"qkv"``: one each
+            for q, k and v (clear constants, so free in FHE).
 
     Attributes:
         quantizers: one :class:`Quantizer` per step, named as in :attr:`quantizer_names`.
@@ -153,26 +169,57 @@ class QuantizedHead:
     attends_last_rows = False
 
     def __init__(
-        self, weights: HeadWeights, n_bits: int, n_bits_weights: int | None = None, lookup_bits: int | None = None
+        self,
+        weights: HeadWeights,
+        n_bits: int,
+        n_bits_weights: int | None = None,
+        lookup_bits: int | None = None,
+        *,
+        projection_bits: int | None = None,
+        exact_projection_rounding: bool = True,
+        weight_scales: str = "tensor",
     ) -> None:
         self.weights = weights
         self.n_bits = check_n_bits(n_bits)
         self.n_bits_weights = check_n_bits(n_bits_weights if n_bits_weights is not None else max(n_bits, 8))
-        if lookup_bits is not None:
-            lookup_bits = check_n_bits(lookup_bits)
-            if lookup_bits < self.n_bits:
-                raise ValueError(
-                    f"lookup_bits ({lookup_bits}) must be at least n_bits ({self.n_bits}): the sums of products "
-                    f"cannot be narrower than the {self.n_bits}-bit values they are made of"
-                )
-        self.lookup_bits = lookup_bits
-        self.w_qkv = QuantizedWeights.from_float(weights.w_qkv, self.n_bits_weights)
+        self.lookup_bits = self._check_rounding_bits(lookup_bits, "lookup_bits", "the sums of products")
+        self.projection_bits = self._check_rounding_bits(projection_bits, "projection_bits", "the projection's sums")
+        self.exact_projection_rounding = bool(exact_projection_rounding)
+        if weight_scales not in WEIGHT_SCALES:
+            raise ValueError(f"weight_scales must be one of {', '.join(map(repr, WEIGHT_SCALES))}, got {weight_scales!r}")
+        self.weight_scales = weight_scales
+        d = weights.head_dim
+        if weight_scales == "tensor":
+            self.w_qkv = QuantizedWeights.from_float(weights.w_qkv, self.n_bits_weights)
+            parts = [self.w_qkv.part(slice(i * d, (i + 1) * d)) for i in range(3)]
+        else:
+            self.w_qkv = None
+            parts = [
+                QuantizedWeights.from_float(weights.w_qkv[:, i * d : (i + 1) * d], self.n_bits_weights) for i in range(3)
+            ]
+        #: The clear weights of q, k and v, in that order: c_attn's columns of this head.
+        self.w_parts: tuple[QuantizedWeights, ...] = tuple(parts)
+        #: Bits each of q, k, v's accumulators drops before its requantization lookup (see ``projection_bits``).
+        self.projection_drop_bits: dict[str, int] = dict.fromkeys(PROJECTED, 0)
+        #: The widest accumulator of q, k, v on the calibration data (filled by :meth:`calibrate`).
+        self.projection_accumulator_bits: dict[str, int] = {}
         self.quantizers: dict[str, Quantizer] = {
             name: Quantizer(self.n_bits, name=name) for name in self.quantizer_names
         }
         self.drop_bits: dict[str, int] = dict.fromkeys(self.product_steps, 0)
         self.product_bits: dict[str, int] = {}
         self._observed: dict[str, int] | None = None  # set while fitting drop_bits
+
+    def _check_rounding_bits(self, bits: int | None, name: str, what: str) -> int | None:
+        if bits is None:
+            return None
+        bits = check_n_bits(bits)
+        if bits < self.n_bits:
+            raise ValueError(
+                f"{name} ({bits}) must be at least n_bits ({self.n_bits}): {what} "
+                f"cannot be narrower than the {self.n_bits}-bit values they are made of"
+            )
+        return bits
 
     # -- phases ----------------------------------------------------------------------------------
     @property
@@ -191,14 +238,20 @@ class QuantizedHead:
             self(DualArray.calibration(x, self.quantizers["input"]))
         for quantizer in self.quantizers.values():
             quantizer.freeze()
-        self._observed = dict.fromkeys(self.product_steps, 1)
+        self._observed = dict.fromkeys((*self.product_steps, *PROJECTED), 1)
         try:
             for x in inputs:
                 self.run(x)
         finally:
-            self.product_bits, self._observed = self._observed, None
+            observed, self._observed = self._observed, None
+        self.projection_accumulator_bits = {name: observed.pop(name) for name in PROJECTED}
+        self.product_bits = observed
         if self.lookup_bits is not None:
             self.drop_bits = {name: max(0, bits - self.lookup_bits) for name, bits in self.product_bits.items()}
+        if self.projection_bits is not None:
+            self.projection_drop_bits = {
+                name: max(0, bits - self.projection_bits) for name, bits in self.projection_accumulator_bits.items()
+            }
 
     def _check_input(self, x: np.ndarray) -> np.ndarray:
         x = check_float_data(x, "the head's input")
@@ -222,15 +275,35 @@ class QuantizedHead:
     def project(
         self, x: DualArray, record: list[tuple[str, DualArray]] | None = None
     ) -> tuple[DualArray, DualArray, DualArray]:
-        """``x (T, n_embd) -> q, k, v (T, d)``: the clear-weight part (the client's, in FHE)."""
-        keep_step = _recorder(record)
+        """``x (T, n_embd) -> q, k, v (T, d)``: products with clear weights, then one lookup per value.
+
+        Each of ``q, k, v`` is an accumulator ``x @ W + b`` (no PBS in FHE), rounded to
+        ``projection_bits`` (see :attr:`projection_drop_bits`) and requantized to ``n_bits`` by one
+        table lookup. With ``exact_projection_rounding=False`` FHE rounds approximately (no extra
+        PBS; see :meth:`DualArray.apply <course_lib.dual_array.DualArray.apply>`).
+        """
+        with fhe.tag("projection"):
+            return self._project(x, _recorder(record))
+
+    def _project(self, x: DualArray, keep_step) -> tuple[DualArray, DualArray, DualArray]:
         qz, d = self.quantizers, self.weights.head_dim
         keep_step("input", x)
-        qkv = keep_step("qkv accumulator", x.linear(self.w_qkv, self.weights.b_qkv))  # (T, 3d)
-        q = keep_step("q", qkv[:, :d].requantize(qz["q"]))  # (T, d)
-        k = keep_step("k", qkv[:, d : 2 * d].requantize(qz["k"]))
-        v = keep_step("v", qkv[:, 2 * d :].requantize(qz["v"]))
-        return q, k, v
+        bias = self.weights.b_qkv
+        if self.w_qkv is not None:  # one scale: one accumulator (T, 3d), cut in three
+            qkv = keep_step("qkv accumulator", x.linear(self.w_qkv, bias))
+            accumulators = [qkv[:, i * d : (i + 1) * d] for i in range(3)]
+        else:
+            accumulators = [
+                keep_step(f"{name} accumulator", x.linear(weights, bias[i * d : (i + 1) * d]))
+                for i, (name, weights) in enumerate(zip(PROJECTED, self.w_parts, strict=True))
+            ]
+        out = []
+        for name, accumulator in zip(PROJECTED, accumulators, strict=True):
+            rounded = self._observe(name, accumulator).requantize(
+                qz[name], round_lsbs=self.projection_drop_bits[name], exact=self.exact_projection_rounding
+            )
+            out.append(keep_step(name, rounded))  # (T, d)
+        return tuple(out)
 
     def attend(
         self, q: DualArray, k: DualArray, v: DualArray, record: list[tuple[str, DualArray]] | None = None

@@ -224,9 +224,9 @@ class RemoteHead:
         """POST an already framed message to this session's run endpoint; the raw answer."""
         return self._request("post", f"/sessions/{self.session}/run", message).content
 
-    def run(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, RunStats]:
-        """Encrypt ``q, k, v`` here, run the head on the server, decrypt here."""
-        padded = self.circuit.prepare(q, k, v)  # shape and range checked before encryption
+    def run(self, *inputs: np.ndarray) -> tuple[np.ndarray, RunStats]:
+        """Encrypt the circuit's inputs here (``x``, or ``q, k, v``), run the head on the server, decrypt here."""
+        padded = self.circuit.prepare(*inputs)  # shape and range checked before encryption
         start = time.perf_counter()
         message = self.circuit.encrypt_message(padded)
         encrypt_seconds = time.perf_counter() - start

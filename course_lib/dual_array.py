@@ -80,6 +80,10 @@ class QuantizedWeights:
     def shape(self) -> tuple[int, ...]:
         return self.float.shape
 
+    def part(self, columns: slice) -> QuantizedWeights:
+        """Some columns, with the same parameters (``scale * int`` still approximates ``float``)."""
+        return QuantizedWeights(float=self.float[:, columns], int=self.int[:, columns], params=self.params)
+
 
 def _lookup_table_fn(fn: FloatFn, in_scale: float, in_zero_point: int, out: QuantParams) -> Callable[[Any], Any]:
     """The integer function a table lookup computes: dequantize, apply ``fn``, quantize.
@@ -605,7 +609,7 @@ class DualArray:
             int_out = fhe.univariate(table)(self.int)
         return self._new(float_out, int_out, scale=scale if self.int is not None else None, zero_point=0)
 
-    def apply(self, fn: FloatFn, quantizer: Quantizer, *, round_lsbs: int = 0) -> DualArray:
+    def apply(self, fn: FloatFn, quantizer: Quantizer, *, round_lsbs: int = 0, exact: bool = True) -> DualArray:
         """Any univariate function as one table lookup, its output quantized by ``quantizer``.
 
         Args:
@@ -613,7 +617,13 @@ class DualArray:
             quantizer: the output's quantizer. In calibration mode it observes
                 ``fn(float side)``; otherwise it must be frozen.
             round_lsbs: drop this many low bits of the input integers first
-                (``fhe.round_bit_pattern``), so the lookup table is smaller and cheaper.
+                (``fhe.round_bit_pattern``, to the nearest multiple of ``2**round_lsbs``),
+                so the lookup table is smaller and cheaper.
+            exact: how FHE rounds those bits. True: exactly, which costs one extra PBS per
+                dropped bit and element. False: concrete's approximate rounding, no extra PBS,
+                but on ciphertexts (and in concrete's simulation) a value close to halfway
+                between two multiples may round to the other one, at random. NumPy integers
+                are always rounded exactly.
         """
         float_out = None if self.float is None else fn(self.float)
         if self.calibrating:
@@ -624,13 +634,16 @@ class DualArray:
         if round_lsbs:
             if not isinstance(round_lsbs, int) or round_lsbs < 0:
                 raise ValueError(f"round_lsbs must be a non-negative integer, got {round_lsbs!r}")
-            q = fhe.round_bit_pattern(q, lsbs_to_remove=round_lsbs)
+            exactness = fhe.Exactness.EXACT if exact else fhe.Exactness.APPROXIMATE
+            q = fhe.round_bit_pattern(q, lsbs_to_remove=round_lsbs, exactness=exactness)
         int_out = fhe.univariate(_lookup_table_fn(fn, self.scale, self.zero_point, out))(q)
         return self._new(float_out, int_out, scale=out.scale, zero_point=out.zero_point, params=out)
 
-    def requantize(self, quantizer: Quantizer, *, round_lsbs: int = 0) -> DualArray:
-        """Bring the integers to ``quantizer``'s parameters (one lookup): shrinks an accumulator."""
-        return self.apply(_identity, quantizer, round_lsbs=round_lsbs)
+    def requantize(self, quantizer: Quantizer, *, round_lsbs: int = 0, exact: bool = True) -> DualArray:
+        """Bring the integers to ``quantizer``'s parameters (one lookup): shrinks an accumulator.
+
+        ``round_lsbs`` and ``exact`` as in :meth:`apply`."""
+        return self.apply(_identity, quantizer, round_lsbs=round_lsbs, exact=exact)
 
     def exp(self, quantizer: Quantizer, *, round_lsbs: int = 0) -> DualArray:
         """``exp`` as a table lookup."""

@@ -143,8 +143,9 @@ class FastHead(QuantizedHead):
         lookup_bits: int | None = None,
         *,
         one_lookup_products: bool = True,
+        **projection,
     ) -> None:
-        super().__init__(weights, n_bits, n_bits_weights, lookup_bits)
+        super().__init__(weights, n_bits, n_bits_weights, lookup_bits, **projection)
         #: False: products as two quarter-square lookups, as in the published head (change 2 off).
         self.one_lookup_products = bool(one_lookup_products)
 

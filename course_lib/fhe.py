@@ -38,6 +38,7 @@ Three ways to run the same integers, each checked against the previous one:
 from __future__ import annotations
 
 import atexit
+import inspect
 import json
 import os
 import sys
@@ -147,6 +148,7 @@ class CircuitSummary:
         output_bytes: size of one encrypted output.
         compile_seconds: wall time of the compilation.
         queries: how many of the last tokens the circuit computes the output of (``length``: all).
+        scope: what the circuit computes from what (one of :data:`SCOPES`).
     """
 
     n_bits: int
@@ -161,12 +163,15 @@ class CircuitSummary:
     output_bytes: int
     compile_seconds: float
     queries: int | None = None
+    scope: str = "attention"
 
     def rows(self) -> list[tuple[str, str]]:
         """(label, value) pairs, in the order :meth:`__str__` prints them."""
         steps = ", ".join(f"{name} {count:,}" for name, count in self.pbs_per_step.items())
         rounding = "none" if self.lookup_bits is None else f"lookup inputs rounded to {self.lookup_bits} bits"
+        scope = [] if self.scope == "attention" else [("from", "encrypted x: the projection's weights inside")]
         return [
+            *scope,
             ("activations", f"{self.n_bits} bits ({rounding})"),
             ("sequence length", self._length_text()),
             ("max bit width", f"{self.max_bit_width} bits"),
@@ -204,8 +209,18 @@ def pad_rows(q: np.ndarray, length: int, fill: int | np.ndarray) -> np.ndarray:
     return np.concatenate((np.asarray(q, dtype=np.int64), padding))
 
 
-#: The circuit's encrypted inputs, in order.
+#: The circuit's encrypted inputs, in order: ``q, k, v`` (scope ``"attention"``).
 CIRCUIT_INPUTS: tuple[str, ...] = ("q", "k", "v")
+
+#: What a circuit computes on the server, from what it receives:
+#: ``"attention"``: scores, softmax and weighted values from the client's encrypted ``q, k, v``
+#: (the client projects with the head's weights); ``"projection+attention"``: the same from the
+#: client's encrypted attention input ``x``, the projection's weights being clear constants of the
+#: circuit (the server's, never the client's).
+SCOPES: tuple[str, ...] = ("attention", "projection+attention")
+
+#: The encrypted inputs of each scope, in order.
+SCOPE_INPUTS: dict[str, tuple[str, ...]] = {"attention": CIRCUIT_INPUTS, "projection+attention": ("x",)}
 
 QKV = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -250,7 +265,12 @@ class HeadCircuit:
         config: fhe.Configuration | None = None,
         *,
         queries: int | None = None,
+        scope: str = "attention",
     ) -> None:
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(map(repr, SCOPES))}, got {scope!r}")
+        #: What the circuit computes (one of :data:`SCOPES`), and its encrypted inputs.
+        self.scope, self.input_names = scope, SCOPE_INPUTS[scope]
         self.heads: list[QuantizedHead] = [heads] if isinstance(heads, QuantizedHead) else list(heads)
         if not self.heads or not all(isinstance(h, QuantizedHead) for h in self.heads):
             raise ValueError("compile one QuantizedHead or a non-empty list of them")
@@ -268,26 +288,38 @@ class HeadCircuit:
             raise ValueError(f"queries must be an integer from 1 to length={self.length}, got {queries!r}")
         #: The circuit computes the outputs of the last ``queries`` tokens.
         self.queries = int(queries)
+        if self.is_step and scope != "attention":
+            raise ValueError(
+                "a generation-step circuit (queries < length) takes the client's q, k and v (scope 'attention'): "
+                "from x it would project every earlier token again at every step"
+            )
+        if scope != "attention" and len({h.quantizers["input"].params for h in self.heads}) != 1:
+            raise ValueError("the heads of a circuit from x must share their input quantizer (calibrate them alike)")
         if self.is_step and not all(h.attends_last_rows for h in self.heads):
             raise ValueError(
                 "queries < length needs heads that attend for the last tokens only (the fast design, FastHead); "
                 f"got {', '.join(sorted({type(h).__name__ for h in self.heads}))}"
             )
-        #: ``input_params[h][name]``: the quantizer parameters of head ``h``'s q, k and v.
+        #: ``input_params[h][name]``: the quantizer parameters of head ``h``'s encrypted inputs.
         self.input_params: list[dict[str, QuantParams]] = [
-            {name: h.quantizers[name].params for name in CIRCUIT_INPUTS} for h in self.heads
+            {name: h.quantizers["input" if name == "x" else name].params for name in self.input_names}
+            for h in self.heads
         ]
         self.inputset = self._inputset(inputs)
         # What the output integers mean (real = scale * (int - zero point)): the same for every
         # input, so one clear run on the first sample of the inputset tells.
-        probes = self._attend(*self.inputset[0])
+        probes = self._run_heads(*self.inputset[0])
         self.output_scales: list[float] = [float(p.scale) for p in probes]
         self.output_zero_points: list[int] = [int(p.zero_point) for p in probes]
 
-        def attend_on_integers(q, k, v):
-            return self._joined([out.int for out in self._attend(q, k, v)])
+        def on_integers(**inputs):  # concrete's tracer passes the inputs by name
+            return self._joined([out.int for out in self._run_heads(*(inputs[n] for n in self.input_names))])
 
-        compiler = fhe.Compiler(attend_on_integers, dict.fromkeys(CIRCUIT_INPUTS, "encrypted"))
+        # concrete reads the encrypted inputs' names from the function's signature
+        on_integers.__signature__ = inspect.Signature(
+            [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in self.input_names]
+        )
+        compiler = fhe.Compiler(on_integers, dict.fromkeys(self.input_names, "encrypted"))
         start = time.perf_counter()
         try:
             self.circuit: fhe.Circuit = compiler.compile(self.inputset, configuration=config or configuration())
@@ -336,10 +368,14 @@ class HeadCircuit:
             joined = placed if joined is None else joined + placed
         return joined
 
-    def _attend(self, q, k, v) -> list[DualArray]:
-        """Every head's :meth:`~QuantizedHead.attend` on its columns of the integers (NumPy or tracers)."""
+    def _run_heads(self, *inputs) -> list[DualArray]:
+        """Every head's part of the circuit on the integers (NumPy or tracers): its
+        :meth:`~QuantizedHead.attend` on its columns of ``q, k, v``, or the whole head on ``x``."""
+        if self.scope != "attention":
+            (x,) = inputs
+            return [head(DualArray.from_int(x, params["x"])) for head, params in zip(self.heads, self.input_params)]
         outputs = []
-        for head, params, *qkv in zip(self.heads, self.input_params, *map(self._blocks, (q, k, v)), strict=True):
+        for head, params, *qkv in zip(self.heads, self.input_params, *map(self._blocks, inputs), strict=True):
             dual = [DualArray.from_int(a, params[name]) for name, a in zip(CIRCUIT_INPUTS, qkv, strict=True)]
             outputs.append(head.attend(*dual))
         return outputs
@@ -381,7 +417,7 @@ class HeadCircuit:
         """Bit width, PBS count, complexity and sizes of this circuit."""
         circuit = self.circuit
         per_tag = circuit.programmable_bootstrap_count_per_tag
-        steps = {tag: count for tag, count in per_tag.items() if tag in ("scores", "softmax", "mix")}
+        steps = {tag: count for tag, count in per_tag.items() if tag in ("projection", "scores", "softmax", "mix")}
         return CircuitSummary(
             n_bits=self.heads[0].n_bits,
             lookup_bits=self.heads[0].lookup_bits,
@@ -395,6 +431,7 @@ class HeadCircuit:
             output_bytes=int(circuit.size_of_outputs),
             compile_seconds=self.compile_seconds,
             queries=self.queries,
+            scope=self.scope,
         )
 
     @property
@@ -417,8 +454,9 @@ class HeadCircuit:
         info = {
             "fingerprint": self.fingerprint,
             "length": self.length,
-            "inputs": list(CIRCUIT_INPUTS),
-            "input_shape": [self.length, len(self.heads) * self.head_dim],
+            "scope": self.scope,
+            "inputs": list(self.input_names),
+            "input_shape": [self.length, self.input_width],
             "queries": self.queries,
             "heads": len(self.heads),
             "n_bits": self.heads[0].n_bits,
@@ -427,35 +465,56 @@ class HeadCircuit:
         return folder
 
     # -- inputs (the client's side) ----------------------------------------------------------------
-    def encode(self, x: np.ndarray, *, pad: bool = True) -> QKV:
-        """Float attention input ``(T, n_embd)`` to the circuit's integer inputs ``q, k, v``.
+    def encode(self, x: np.ndarray, *, pad: bool = True) -> tuple[np.ndarray, ...]:
+        """Float attention input ``(T, n_embd)`` to the circuit's integer inputs.
 
-        This is the client's clear computation: quantize ``x``, project it with each head's
-        clear weights, quantize ``q, k, v``; then pad to the compiled length (a generation step's
-        circuit: keep the last tokens' queries). With ``pad=False``, all of ``q, k, v``, as they are.
+        This is the client's clear computation. Scope ``"projection+attention"``: quantize ``x``
+        (the input quantizer only: the client never needs the weights). Scope ``"attention"``:
+        quantize ``x``, project it with each head's clear weights, quantize ``q, k, v``. Then pad
+        to the compiled length (a generation step's circuit: keep the last tokens' queries). With
+        ``pad=False``, the integers as they are.
         """
+        if self.scope != "attention":
+            quantized = (np.asarray(self.heads[0].quantize_input(x).int),)
+            return self.prepare(*quantized) if pad else quantized
         per_head = [head.project(head.quantize_input(x)) for head in self.heads]
         q, k, v = (self._joined([np.asarray(p[i].int) for p in per_head]) for i in range(3))
         if not pad:
             return q, k, v
         return self.prepare(q[-self.queries :] if self.is_step else q, k, v)
 
-    def _pad(self, qkv: Sequence[np.ndarray]) -> QKV:
+    @property
+    def input_width(self) -> int:
+        """Columns of each encrypted input: ``n_embd`` (from x) or ``n_heads * head_dim`` (q, k, v)."""
+        return self.heads[0].weights.n_embd if self.scope != "attention" else len(self.heads) * self.head_dim
+
+    def _input_blocks(self, a: np.ndarray) -> list[np.ndarray]:
+        """What each head reads of an input: its columns of q, k or v, or all of x."""
+        return self._blocks(a) if self.scope == "attention" else [a] * len(self.heads)
+
+    def _pad(self, inputs: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
         padded = []
-        for name, a in zip(CIRCUIT_INPUTS, qkv, strict=True):
-            fill = np.repeat([params[name].zero_point for params in self.input_params], self.head_dim)
+        for name, a in zip(self.input_names, inputs, strict=True):
+            zero_points = [params[name].zero_point for params in self.input_params]
+            fill = zero_points[0] if name == "x" else np.repeat(zero_points, self.head_dim)
             padded.append(pad_rows(a, self.length, fill))
         return tuple(padded)
 
-    def prepare(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> QKV:
-        """Check integer inputs ``(T, n_heads * head_dim)`` with ``T <= length``; pad them to the compiled length.
+    def prepare(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Check the integer inputs (:attr:`input_names`, each ``(T, input_width)`` with ``T <= length``);
+        pad them to the compiled length.
 
         Raises:
-            SequenceLengthError: too many tokens, or arrays not of shape ``(T, n_heads * head_dim)``.
+            SequenceLengthError: too many tokens, the wrong number of inputs, or arrays of the wrong shape.
             InputRangeError: integers outside a quantizer's range (checked before any encryption).
         """
-        width = len(self.heads) * self.head_dim
-        arrays = [np.asarray(a) for a in (q, k, v)]
+        if len(inputs) != len(self.input_names):
+            raise SequenceLengthError(
+                f"this circuit takes {len(self.input_names)} input(s), {', '.join(self.input_names)}, "
+                f"got {len(inputs)}"
+            )
+        width = self.input_width
+        arrays = [np.asarray(a) for a in inputs]
         if self.is_step:
             self._check_step_shapes(arrays, width)
         tokens = arrays[0].shape[0] if arrays[0].ndim == 2 else None
@@ -464,27 +523,29 @@ class HeadCircuit:
                 f"the sequence has {tokens} tokens but the circuit was compiled for {self.length}; "
                 f"use at most {self.length} tokens or compile a HeadCircuit with length={tokens}"
             )
-        for name, a in zip(CIRCUIT_INPUTS, arrays, strict=True):
+        names = ", ".join(self.input_names)
+        for name, a in zip(self.input_names, arrays, strict=True):
             if self.is_step:
                 pass  # shapes checked above
             elif a.ndim != 2 or a.shape[1] != width or a.shape[0] != tokens or not 1 <= a.shape[0] <= self.length:
                 raise SequenceLengthError(
-                    f"the circuit takes q, k and v of shape (T, {width}) with the same 1 <= T <= {self.length} "
+                    f"the circuit takes {names} of shape (T, {width}) with 1 <= T <= {self.length} "
                     f"(compiled sequence length {self.length}); {name} has shape {a.shape}"
                 )
             if not np.issubdtype(a.dtype, np.integer):
-                raise InputRangeError(
-                    f"the circuit takes integers ({name} from QuantizedHead.project), got dtype {a.dtype}"
-                )
-            for h, (block, params) in enumerate(zip(self._blocks(a), self.input_params, strict=True)):
+                source = "QuantizedHead.quantize_input" if name == "x" else "QuantizedHead.project"
+                raise InputRangeError(f"the circuit takes integers ({name} from {source}), got dtype {a.dtype}")
+            for h, (block, params) in enumerate(zip(self._input_blocks(a), self.input_params, strict=True)):
                 params = params[name]
                 if block.min() < params.qmin or block.max() > params.qmax:
-                    which = name if len(self.heads) == 1 else f"{name} of head {h}"
+                    which = name if len(self.heads) == 1 or name == "x" else f"{name} of head {h}"
                     raise InputRangeError(
                         f"{which} integers must lie in [{params.qmin}, {params.qmax}] (the {params.n_bits}-bit "
                         f"range the circuit was compiled for), got values from {int(block.min())} to "
                         f"{int(block.max())}; outside it an encrypted value would wrap around silently"
                     )
+                if name == "x":
+                    break  # every head reads the same x
         return arrays if self.is_step else self._pad(arrays)
 
     def _check_step_shapes(self, arrays: list[np.ndarray], width: int) -> None:
@@ -500,7 +561,12 @@ class HeadCircuit:
     # -- what travels to a server or a worker --------------------------------------------------------
     def encrypt_message(self, padded: Sequence[np.ndarray]) -> bytes:
         """Encrypt inputs from :meth:`prepare` and frame their ciphertexts (:func:`~course_lib.transport.pack`)."""
-        return pack([value.serialize() for value in self.circuit.encrypt(*padded)])
+        return pack([value.serialize() for value in self._encrypt(padded)])
+
+    def _encrypt(self, padded: Sequence[np.ndarray]) -> tuple[fhe.Value, ...]:
+        """The ciphertexts of the inputs, always as a tuple (concrete returns a bare value for one input)."""
+        encrypted = self.circuit.encrypt(*padded)
+        return encrypted if isinstance(encrypted, tuple) else (encrypted,)
 
     def decrypt_message(self, message: bytes) -> np.ndarray:
         """Decrypt the framed encrypted output a server or a worker sent back."""
@@ -508,21 +574,35 @@ class HeadCircuit:
         return np.asarray(self.circuit.decrypt(fhe.Value.deserialize(result)))
 
     # -- three ways to run it ----------------------------------------------------------------------
-    def clear(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    def clear(self, *inputs: np.ndarray) -> np.ndarray:
         """The encrypted part on clear NumPy integers: the integers the circuit outputs, padding rows included."""
-        return np.asarray(self._joined([out.int for out in self._attend(*self.prepare(q, k, v))]))
+        return np.asarray(self._joined([out.int for out in self._run_heads(*self.prepare(*inputs))]))
 
-    def simulate(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """The circuit simulated by concrete: the same integers as :meth:`clear`, no encryption."""
-        return np.asarray(self.circuit.simulate(*self.prepare(q, k, v)))
+    def simulate(self, *inputs: np.ndarray) -> np.ndarray:
+        """The circuit simulated by concrete: the same integers as :meth:`clear`, no encryption (unless the
+        projection rounds approximately: see :attr:`is_exact`)."""
+        return np.asarray(self.circuit.simulate(*self.prepare(*inputs)))
 
-    def execute(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    def execute(self, *inputs: np.ndarray) -> np.ndarray:
         """Encrypt, run on ciphertexts, decrypt. The circuit's keys must exist (see :mod:`course_lib.keys`)."""
-        return self.timed_execute(q, k, v)[0]
+        return self.timed_execute(*inputs)[0]
 
-    def timed_execute(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+    @property
+    def is_exact(self) -> bool:
+        """True if simulation and execution give exactly the integers of :meth:`clear`.
+
+        False when the circuit's heads round the projection's accumulators approximately
+        (``exact_projection_rounding=False``): a value close to halfway then rounds either way at
+        random, in simulation and on ciphertexts alike, so that a q, k or v integer can be one off
+        the clear one; everything after them is exact.
+        """
+        return self.scope == "attention" or all(
+            h.exact_projection_rounding or not any(h.projection_drop_bits.values()) for h in self.heads
+        )
+
+    def timed_execute(self, *inputs: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         """As :meth:`execute`, with the seconds spent encrypting, running and decrypting."""
-        padded = self.prepare(q, k, v)
+        padded = self.prepare(*inputs)
         if not self.circuit.keys.are_generated:
             raise RuntimeError(
                 "this circuit has no keys yet: generate or load them first with "
@@ -530,7 +610,7 @@ class HeadCircuit:
             )
         times = {}
         start = time.perf_counter()
-        encrypted = self.circuit.encrypt(*padded)
+        encrypted = self._encrypt(padded)
         times["encrypt"] = time.perf_counter() - start
         start = time.perf_counter()
         result = self.circuit.run(*encrypted)

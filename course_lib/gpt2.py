@@ -130,6 +130,9 @@ class SwappedHead:
     >>> model.generate(...)                                      # runs the quantized head
     >>> swap.remove()                                            # the model as it was
 
+    Further keyword arguments go to the head (:class:`~course_lib.attention.QuantizedHead`:
+    ``projection_bits``, ``exact_projection_rounding``, ``weight_scales``).
+
     While attached, the model's KV cache is turned off: the quantized head reads
     the whole sequence at every step (``generate`` is for a batch of one).
     Also usable as a context manager (``with SwappedHead(...) as swap:``).
@@ -144,8 +147,9 @@ class SwappedHead:
         n_bits_weights: int | None = None,
         lookup_bits: int | None = None,
         design: str = "published",
+        **projection,
     ):
-        self._attach(model, layer, [head], n_bits, n_bits_weights, lookup_bits, design)
+        self._attach(model, layer, [head], n_bits, n_bits_weights, lookup_bits, design, projection)
 
     def _attach(
         self,
@@ -156,6 +160,7 @@ class SwappedHead:
         n_bits_weights: int | None,
         lookup_bits: int | None,
         design: str,
+        projection: dict,
     ) -> None:
         for head in heads:
             check_layer_head(model, layer, head)
@@ -165,7 +170,8 @@ class SwappedHead:
         build = head_class(design)
         #: The quantized heads, in the order of :attr:`head_indices`.
         self.heads: list[QuantizedHead] = [
-            build(head_weights(model, layer, h), self.n_bits, n_bits_weights, lookup_bits) for h in self.head_indices
+            build(head_weights(model, layer, h), self.n_bits, n_bits_weights, lookup_bits, **projection)
+            for h in self.head_indices
         ]
         self._mode = "float"
         self.calibration_inputs: list[np.ndarray] = []
@@ -236,14 +242,22 @@ class SwappedHead:
         self._previous = None
 
     def compile(
-        self, length: int = DEFAULT_LENGTH, config=None, *, steps_up_to: int | None = None, progress: bool = False
+        self,
+        length: int = DEFAULT_LENGTH,
+        config=None,
+        *,
+        steps_up_to: int | None = None,
+        progress: bool = False,
+        scope: str = "attention",
     ) -> HeadCircuit:
         """Compile the head's encrypted part for sequences of up to ``length`` tokens (kept in :attr:`circuit`).
 
         With ``steps_up_to``, also compile a generation-step circuit (``HeadCircuit(..., queries=1)``)
         for every length from ``length + 1`` to ``steps_up_to`` (kept in :attr:`step_circuits`):
         the prompt runs through :attr:`circuit`, each later token through the step circuit of its
-        length. ``progress`` shows a bar over the circuits. Returns :attr:`circuit`.
+        length. ``progress`` shows a bar over the circuits. ``scope`` (see :data:`course_lib.fhe.SCOPES`):
+        ``"projection+attention"`` compiles the projection into the circuit, which then takes the
+        encrypted ``x``; the client keeps only the input quantizer. Returns :attr:`circuit`.
         """
         if not self.is_calibrated:
             raise RuntimeError("calibrate the head before compiling it: swap.calibrate(tokenizer, prompts)")
@@ -253,7 +267,9 @@ class SwappedHead:
             raise ValueError(f"steps_up_to must be an integer larger than length={length}, got {steps_up_to!r}")
         lengths = [length, *range(length + 1, (steps_up_to or length) + 1)]
         compiled = [
-            HeadCircuit(self.heads, self.calibration_inputs, n, config, queries=None if n == length else 1)
+            HeadCircuit(
+                self.heads, self.calibration_inputs, n, config, queries=None if n == length else 1, scope=scope
+            )
             for n in progress_bar(lengths, desc="compiling", unit="circuit", show=progress)
         ]
         self.circuit, self.step_circuits = compiled[0], {c.length: c for c in compiled[1:]}
@@ -409,6 +425,9 @@ class SwappedAttention(SwappedHead):
         n_bits_weights: int | None = None,
         lookup_bits: int | None = None,
         design: str = "fast",
+        **projection,
     ):
         check_layer_head(model, layer, 0)
-        self._attach(model, layer, range(model.config.n_head), n_bits, n_bits_weights, lookup_bits, design)
+        self._attach(
+            model, layer, range(model.config.n_head), n_bits, n_bits_weights, lookup_bits, design, projection
+        )

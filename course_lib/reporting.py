@@ -166,8 +166,8 @@ def recording_lookups() -> Iterator[list[Lookup]]:
     lookups: list[Lookup] = []
     original = DualArray.apply
 
-    def recorded(self: DualArray, fn, quantizer, *, round_lsbs: int = 0) -> DualArray:
-        result = original(self, fn, quantizer, round_lsbs=round_lsbs)
+    def recorded(self: DualArray, fn, quantizer, *, round_lsbs: int = 0, exact: bool = True) -> DualArray:
+        result = original(self, fn, quantizer, round_lsbs=round_lsbs, exact=exact)
         if not self.calibrating and isinstance(self.int, np.ndarray):
             lookups.append(
                 Lookup(
