@@ -186,7 +186,9 @@ class QuantizedHead:
         self.projection_bits = self._check_rounding_bits(projection_bits, "projection_bits", "the projection's sums")
         self.exact_projection_rounding = bool(exact_projection_rounding)
         if weight_scales not in WEIGHT_SCALES:
-            raise ValueError(f"weight_scales must be one of {', '.join(map(repr, WEIGHT_SCALES))}, got {weight_scales!r}")
+            raise ValueError(
+                f"weight_scales must be one of {', '.join(map(repr, WEIGHT_SCALES))}, got {weight_scales!r}"
+            )
         self.weight_scales = weight_scales
         d = weights.head_dim
         if weight_scales == "tensor":
@@ -195,7 +197,8 @@ class QuantizedHead:
         else:
             self.w_qkv = None
             parts = [
-                QuantizedWeights.from_float(weights.w_qkv[:, i * d : (i + 1) * d], self.n_bits_weights) for i in range(3)
+                QuantizedWeights.from_float(weights.w_qkv[:, i * d : (i + 1) * d], self.n_bits_weights)
+                for i in range(3)
             ]
         #: The clear weights of q, k and v, in that order: c_attn's columns of this head.
         self.w_parts: tuple[QuantizedWeights, ...] = tuple(parts)

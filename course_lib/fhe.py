@@ -373,7 +373,10 @@ class HeadCircuit:
         :meth:`~QuantizedHead.attend` on its columns of ``q, k, v``, or the whole head on ``x``."""
         if self.scope != "attention":
             (x,) = inputs
-            return [head(DualArray.from_int(x, params["x"])) for head, params in zip(self.heads, self.input_params)]
+            return [
+                head(DualArray.from_int(x, params["x"]))
+                for head, params in zip(self.heads, self.input_params, strict=True)
+            ]
         outputs = []
         for head, params, *qkv in zip(self.heads, self.input_params, *map(self._blocks, inputs), strict=True):
             dual = [DualArray.from_int(a, params[name]) for name, a in zip(CIRCUIT_INPUTS, qkv, strict=True)]
@@ -510,8 +513,7 @@ class HeadCircuit:
         """
         if len(inputs) != len(self.input_names):
             raise SequenceLengthError(
-                f"this circuit takes {len(self.input_names)} input(s), {', '.join(self.input_names)}, "
-                f"got {len(inputs)}"
+                f"this circuit takes {len(self.input_names)} input(s), {', '.join(self.input_names)}, got {len(inputs)}"
             )
         width = self.input_width
         arrays = [np.asarray(a) for a in inputs]

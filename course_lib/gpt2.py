@@ -267,9 +267,7 @@ class SwappedHead:
             raise ValueError(f"steps_up_to must be an integer larger than length={length}, got {steps_up_to!r}")
         lengths = [length, *range(length + 1, (steps_up_to or length) + 1)]
         compiled = [
-            HeadCircuit(
-                self.heads, self.calibration_inputs, n, config, queries=None if n == length else 1, scope=scope
-            )
+            HeadCircuit(self.heads, self.calibration_inputs, n, config, queries=None if n == length else 1, scope=scope)
             for n in progress_bar(lengths, desc="compiling", unit="circuit", show=progress)
         ]
         self.circuit, self.step_circuits = compiled[0], {c.length: c for c in compiled[1:]}
@@ -428,6 +426,4 @@ class SwappedAttention(SwappedHead):
         **projection,
     ):
         check_layer_head(model, layer, 0)
-        self._attach(
-            model, layer, range(model.config.n_head), n_bits, n_bits_weights, lookup_bits, design, projection
-        )
+        self._attach(model, layer, range(model.config.n_head), n_bits, n_bits_weights, lookup_bits, design, projection)
