@@ -62,8 +62,9 @@ PRODUCT_STEPS: tuple[str, ...] = ("scores", "probs", "output")
 PROJECTED: tuple[str, ...] = ("q", "k", "v")
 
 #: How the clear weights of the projection are quantized: one scale for the head's q, k and v
-#: columns together (``"tensor"``), or one for each of them (``"qkv"``).
-WEIGHT_SCALES: tuple[str, ...] = ("tensor", "qkv")
+#: columns together (``"tensor"``), one for each of them (``"qkv"``), or one for each chosen so that
+#: rounding the accumulator *is* the requantization (``"aligned"``, see :meth:`QuantizedHead.calibrate`).
+WEIGHT_SCALES: tuple[str, ...] = ("tensor", "qkv", "aligned")
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,11 @@ class QuantizedHead:
             PBS, but a value near halfway may round either way, at random); True rounds exactly,
             one extra PBS per dropped bit and value. The clear integers always round exactly.
         weight_scales: ``"tensor"``: one scale for the head's c_attn columns; ``"qkv"``: one each
-            for q, k and v (clear constants, so free in FHE).
+            for q, k and v (clear constants, so free in FHE); ``"aligned"``: one each, fitted at
+            calibration so that ``2**drop`` units of an accumulator are exactly one step of its
+            quantizer. Rounding the accumulator to a multiple of ``2**drop`` then *is* the
+            requantization; the lookup after it only adds the zero point and clips. No rounding
+            twice, and the lookup reads about ``n_bits + 1`` bits. ``projection_bits`` does not apply.
 
     Attributes:
         quantizers: one :class:`Quantizer` per step, named as in :attr:`quantizer_names`.
@@ -184,6 +189,11 @@ class QuantizedHead:
         self.n_bits_weights = check_n_bits(n_bits_weights if n_bits_weights is not None else max(n_bits, 8))
         self.lookup_bits = self._check_rounding_bits(lookup_bits, "lookup_bits", "the sums of products")
         self.projection_bits = self._check_rounding_bits(projection_bits, "projection_bits", "the projection's sums")
+        if weight_scales == "aligned" and projection_bits is not None:
+            raise ValueError(
+                "weight_scales='aligned' fits the projection's rounding to the q, k, v quantizers itself: "
+                "leave projection_bits unset"
+            )
         self.exact_projection_rounding = bool(exact_projection_rounding)
         if weight_scales not in WEIGHT_SCALES:
             raise ValueError(
@@ -241,6 +251,8 @@ class QuantizedHead:
             self(DualArray.calibration(x, self.quantizers["input"]))
         for quantizer in self.quantizers.values():
             quantizer.freeze()
+        if self.weight_scales == "aligned":
+            self._align_projection()
         self._observed = dict.fromkeys((*self.product_steps, *PROJECTED), 1)
         try:
             for x in inputs:
@@ -255,6 +267,26 @@ class QuantizedHead:
             self.projection_drop_bits = {
                 name: max(0, bits - self.projection_bits) for name, bits in self.projection_accumulator_bits.items()
             }
+
+    def _align_projection(self) -> None:
+        """Re-quantize q, k, v's weights so that each accumulator's rounding lands on its quantizer's grid.
+
+        The accumulator of q has scale ``s_x * s_w`` (input times weights). With
+        ``s_w = s_q / (2**r * s_x)``, ``2**r`` accumulator units make one step ``s_q`` of q, so that
+        ``round(accumulator / 2**r)`` is ``q - zero_point`` before clipping. ``r`` is the largest that
+        keeps the weights' integers within ``n_bits_weights`` bits.
+        """
+        d, s_x = self.weights.head_dim, self.quantizers["input"].params.scale
+        largest = 2 ** (self.n_bits_weights - 1) - 1
+        parts = []
+        for i, name in enumerate(PROJECTED):
+            w = self.weights.w_qkv[:, i * d : (i + 1) * d]
+            s_q = self.quantizers[name].params.scale
+            peak = float(np.abs(w).max()) or 1.0
+            drop = max(0, int(np.floor(np.log2(largest * s_q / (peak * s_x)))))
+            parts.append(QuantizedWeights.at_scale(w, s_q / (2**drop * s_x)))
+            self.projection_drop_bits[name] = drop
+        self.w_parts = tuple(parts)
 
     def _check_input(self, x: np.ndarray) -> np.ndarray:
         x = check_float_data(x, "the head's input")

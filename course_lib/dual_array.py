@@ -80,6 +80,17 @@ class QuantizedWeights:
     def shape(self) -> tuple[int, ...]:
         return self.float.shape
 
+    @classmethod
+    def at_scale(cls, weights: object, scale: float) -> QuantizedWeights:
+        """Quantize ``weights`` symmetrically with a given ``scale`` (``int = rint(float / scale)``),
+        on as many bits as their largest integer needs."""
+        w = check_float_data(weights, "weights")
+        if not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"the weights' scale must be a finite number > 0, got {scale!r}")
+        ints = np.rint(w / scale).astype(np.int64)
+        n_bits = check_n_bits(max(2, int(np.abs(ints).max()).bit_length() + 1))
+        return cls(float=w, int=ints, params=QuantParams(n_bits=n_bits, scale=float(scale), zero_point=0, signed=True))
+
     def part(self, columns: slice) -> QuantizedWeights:
         """Some columns, with the same parameters (``scale * int`` still approximates ``float``)."""
         return QuantizedWeights(float=self.float[:, columns], int=self.int[:, columns], params=self.params)

@@ -56,7 +56,9 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     return ks
 
 
-def _predictions(model, tokenizer, passages: Sequence[str], k: int, desc: str, progress: bool, **forward_kwargs):
+def topk_predictions(
+    model, tokenizer, passages: Sequence[str], k: int, desc: str = "", progress: bool = False, **forward_kwargs
+):
     """Top-``k`` token ids ``(T, k)`` at every position of every passage."""
     import torch
 
@@ -94,7 +96,7 @@ class Agreement:
 
 def float_top1(model, tokenizer, passages: Sequence[str], progress: bool = False) -> list:
     """The model's top-1 token id at every position of every passage: the reference of the agreements."""
-    return [top[:, 0] for top in _predictions(model, tokenizer, passages, 1, "float model", progress)]
+    return [top[:, 0] for top in topk_predictions(model, tokenizer, passages, 1, "float model", progress)]
 
 
 def topk_agreement(reference_top1, quantized_topk, ks: Sequence[int] = DEFAULT_KS) -> tuple[dict[int, float], int]:
@@ -123,6 +125,7 @@ def sweep_topk_agreement(
     reference: list | None = None,
     lookup_bits: int | None = None,
     design: str = "published",
+    **head_options,
 ) -> list[Agreement]:
     """Top-k agreement of the model with head ``head`` of layer ``layer`` quantized, for each n_bits.
 
@@ -131,7 +134,8 @@ def sweep_topk_agreement(
     ``lookup_bits`` is handed to each :class:`~course_lib.gpt2.SwappedHead` (the product
     steps then drop bits, as the FHE circuit does; ``None``: exact products).
     ``design`` picks the head's construction (``"published"`` or ``"fast"``, see
-    :mod:`course_lib.fast_attention`).
+    :mod:`course_lib.fast_attention`). Further keyword arguments go to each head (e.g.
+    ``weight_scales``, see :class:`~course_lib.attention.QuantizedHead`).
 
     For each n_bits a fresh quantized head is calibrated on ``calibration_prompts``
     and swapped in; the float model's predictions are computed once (or taken from
@@ -146,14 +150,14 @@ def sweep_topk_agreement(
         reference = float_top1(model, tokenizer, passages, progress)
     results = []
     for n_bits in progress_bar(n_bits_list, desc="n_bits", show=progress, leave=False):
-        settings = {"n_bits": n_bits, "lookup_bits": lookup_bits, "design": design}
+        settings = {"n_bits": n_bits, "lookup_bits": lookup_bits, "design": design, **head_options}
         swapped = (
             SwappedAttention(model, layer, **settings) if head is None else SwappedHead(model, layer, head, **settings)
         )
         with swapped as swap:
             swap.calibrate(tokenizer, calibration_prompts)
             swap.mode = "quantized"
-            quantized = _predictions(model, tokenizer, passages, max(ks), f"{n_bits} bits", progress)
+            quantized = topk_predictions(model, tokenizer, passages, max(ks), f"{n_bits} bits", progress)
         agreement, total = topk_agreement(reference, quantized, ks)
         results.append(Agreement(n_bits=n_bits, agreement=agreement, n_predictions=total))
     return results
@@ -191,6 +195,6 @@ def head_removed_agreement(
     mask[layer, head] = 0.0
     if reference is None:
         reference = float_top1(model, tokenizer, passages, progress)
-    removed = _predictions(model, tokenizer, passages, max(ks), "head removed", progress, head_mask=mask)
+    removed = topk_predictions(model, tokenizer, passages, max(ks), "head removed", progress, head_mask=mask)
     agreement, total = topk_agreement(reference, removed, ks)
     return Agreement(n_bits=0, agreement=agreement, n_predictions=total)

@@ -65,6 +65,11 @@ DEFAULT_LENGTH = 4
 DEFAULT_N_BITS = 4
 DEFAULT_DESIGN = "fast"
 DEFAULT_LOOKUP_BITS = 6
+#: How a head compiled from x (scope ``"projection+attention"``) quantizes and rounds its projection
+#: (keyword arguments of :class:`~course_lib.attention.QuantizedHead`): 6-bit weights whose scales make
+#: each accumulator's rounding the requantization itself, rounded approximately (no extra PBS; see
+#: :attr:`HeadCircuit.is_exact`). Notebook 03 and ``benchmarks/attention_fhe.py`` measure the choices.
+DEFAULT_PROJECTION: dict = {"n_bits_weights": 6, "weight_scales": "aligned", "exact_projection_rounding": False}
 #: The notebooks' setting in a memory-capped session (Binder): 3-bit activations, lookups rounded to 3 bits.
 #: With one parameter set per circuit (see :func:`configuration`), one head's evaluation keys at 4 tokens
 #: take 120 MB before compression instead of 3,170 MB at the default setting, and four heads 240 MB.
@@ -192,6 +197,27 @@ class CircuitSummary:
         rows = self.rows()
         width = max(len(label) for label, _ in rows)
         return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def lookups_per_width(circuit: fhe.Circuit) -> dict[int, int]:
+    """How many table lookups (PBS) a compiled circuit makes at each input bit width, widest last.
+
+    The width of a lookup is what its PBS reads: the bit width the compiler gave its input, less
+    the bits that a ``round_bit_pattern`` right before it removes. (An exact rounding's own PBS,
+    one per removed bit, are not counted here.)
+    """
+    import networkx as nx
+
+    graph, counts = circuit.graph, {}
+    for node in nx.topological_sort(graph.graph):
+        if not node.converted_to_table_lookup or node.properties.get("name") == "round_bit_pattern":
+            continue
+        (source,) = graph.ordered_preds_of(node)[:1]
+        width = source.output.dtype.bit_width
+        if source.properties.get("name") == "round_bit_pattern":
+            width -= source.properties["kwargs"]["lsbs_to_remove"]
+        counts[width] = counts.get(width, 0) + int(np.prod(node.output.shape))
+    return dict(sorted(counts.items()))
 
 
 def _megabytes(n: int) -> str:
@@ -531,7 +557,7 @@ class HeadCircuit:
                 pass  # shapes checked above
             elif a.ndim != 2 or a.shape[1] != width or a.shape[0] != tokens or not 1 <= a.shape[0] <= self.length:
                 raise SequenceLengthError(
-                    f"the circuit takes {names} of shape (T, {width}) with 1 <= T <= {self.length} "
+                    f"the circuit takes {names} of shape (T, {width}) with the same 1 <= T <= {self.length} "
                     f"(compiled sequence length {self.length}); {name} has shape {a.shape}"
                 )
             if not np.issubdtype(a.dtype, np.integer):
