@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from .contract import CIRCUIT, CLOSE_SESSION, HEALTH, OPEN_SESSION, RUN, CircuitDescription, DescriptionError, Route
 from .environment import memory_capped
 from .fhe import HeadCircuit
 from .transport import pack
@@ -117,7 +118,7 @@ class ServerProcess:
         circuit: the compiled head; only its server artifact is written for the server.
         folder: where to write the artifact (default: a temporary folder).
         port: the port (default: a free one).
-        startup_timeout: seconds to wait for the server to answer ``/health``.
+        startup_timeout: seconds to wait for the server to answer :data:`~course_lib.contract.HEALTH`.
         in_process: serve from a thread of this process (default: only in a memory-capped session).
     """
 
@@ -150,7 +151,7 @@ class ServerProcess:
                 code = self.process.returncode
                 raise ServerError(f"the server exited at start-up (code {code}); see {self.log_path}")
             try:
-                if requests.get(f"{self.url}/health", timeout=1).ok:
+                if requests.get(self.url + HEALTH.path(), timeout=1).ok:
                     break
             except requests.RequestException:  # not up yet (refused, or too slow to answer)
                 pass
@@ -195,21 +196,30 @@ class RemoteHead:
         self.url = url.rstrip("/")
         self.circuit = circuit
         self.sent: list[bytes] = []  # every request body, for inspection
-        info = self._request("get", "/circuit").json()
-        if info["fingerprint"] != circuit.fingerprint:
+        self.session: str | None = None
+        try:
+            #: What the server says about the circuit it runs.
+            self.description = CircuitDescription.from_dict(self._request(CIRCUIT).json())
+        except (DescriptionError, ValueError) as error:  # ValueError: not JSON at all
             raise ServerError(
-                f"the server runs circuit {info['fingerprint']} (length {info['length']}), this client has "
-                f"{circuit.fingerprint} (length {circuit.length}): start the server with this circuit"
+                f"the server at {self.url} did not answer with a valid circuit description: {error}"
+            ) from None
+        if self.description.fingerprint != circuit.fingerprint:
+            raise ServerError(
+                f"the server runs circuit {self.description.fingerprint} (length {self.description.length}), this "
+                f"client has {circuit.fingerprint} (length {circuit.length}): start the server with this circuit"
             )
         keys = pack([circuit.circuit.keys.evaluation.serialize()])
         self.evaluation_key_bytes = len(keys)
-        self.session = self._request("post", "/sessions", keys).json()["session"]
+        self.session = self._request(OPEN_SESSION, keys).json()["session"]
 
-    def _request(self, method: str, path: str, body: bytes | None = None) -> requests.Response:
+    def _request(self, route: Route, body: bytes | None = None, **params: str) -> requests.Response:
         if body is not None:
             self.sent.append(body)
         try:
-            response = requests.request(method, self.url + path, data=body, timeout=(CONNECT_TIMEOUT, None))
+            response = requests.request(
+                route.method, self.url + route.path(**params), data=body, timeout=(CONNECT_TIMEOUT, None)
+            )
         except requests.ConnectionError as error:
             raise ServerError(f"cannot reach the server at {self.url}: {error}") from None
         if not response.ok:
@@ -221,8 +231,8 @@ class RemoteHead:
         return response
 
     def send(self, message: bytes) -> bytes:
-        """POST an already framed message to this session's run endpoint; the raw answer."""
-        return self._request("post", f"/sessions/{self.session}/run", message).content
+        """Send an already framed message to this session's :data:`~course_lib.contract.RUN` route; the raw answer."""
+        return self._request(RUN, message, session=self.session).content
 
     def run(self, *inputs: np.ndarray) -> tuple[np.ndarray, RunStats]:
         """Encrypt the circuit's inputs here (``x``, or ``q, k, v``), run the head on the server, decrypt here."""
@@ -242,7 +252,7 @@ class RemoteHead:
         """End the session (the server forgets the evaluation keys)."""
         if self.session is not None:
             try:
-                self._request("delete", f"/sessions/{self.session}")
+                self._request(CLOSE_SESSION, session=self.session)
             finally:
                 self.session = None
 

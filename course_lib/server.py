@@ -1,10 +1,11 @@
 """The server side of the split: it runs the compiled head on ciphertexts, and never holds a secret key.
 
-It loads a server artifact (the compiled circuit, see :meth:`HeadCircuit.save_server
+It loads a server artifact (the compiled circuit and its description, see :meth:`HeadCircuit.save_server
 <course_lib.fhe.HeadCircuit.save_server>`), receives each client's *evaluation* keys once
-(``POST /sessions``), then ciphertexts (``POST /sessions/{id}/run``), and returns
-ciphertexts. It never receives, generates or uses a secret key (it calls only
-``fhe.Server``, ``fhe.EvaluationKeys`` and ``fhe.Value``).
+(:data:`~course_lib.contract.OPEN_SESSION`), then ciphertexts (:data:`~course_lib.contract.RUN`), and
+returns ciphertexts. It never receives, generates or uses a secret key (it calls only
+``fhe.Server``, ``fhe.EvaluationKeys`` and ``fhe.Value``). Its routes and files are those of
+:mod:`course_lib.contract`.
 
 Run it with ``python -m course_lib.server --artifacts DIR --port 8000`` (FastAPI on
 uvicorn); :class:`course_lib.client.ServerProcess` does that for the notebooks.
@@ -18,7 +19,6 @@ circuit of the same shapes cannot be told apart and decrypt to wrong numbers).
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 import uuid
 from pathlib import Path
@@ -27,30 +27,36 @@ from concrete import fhe
 from fastapi import FastAPI, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from .contract import CIRCUIT, CLOSE_SESSION, HEALTH, OPEN_SESSION, RUN, SERVER_FILE, CircuitDescription, Route
 from .transport import TransportError, pack, unpack
-
-SERVER_FILE = "server.zip"
-CIRCUIT_FILE = "circuit.json"
 
 
 def create_app(artifacts: str | Path) -> FastAPI:
-    """The FastAPI application serving the circuit saved in ``artifacts``."""
+    """The FastAPI application serving the circuit saved in ``artifacts``.
+
+    Raises:
+        FileNotFoundError, course_lib.contract.DescriptionError: ``artifacts`` has no valid description.
+    """
     artifacts = Path(artifacts)
-    info = json.loads((artifacts / CIRCUIT_FILE).read_text())
+    description = CircuitDescription.load(artifacts)
     server = fhe.Server.load(artifacts / SERVER_FILE)
     sessions: dict[str, fhe.EvaluationKeys] = {}
     lock = threading.Lock()
     app = FastAPI(title="course_lib FHE head server")
+    app.state.description = description
 
-    @app.get("/health")
+    def route(r: Route):
+        return app.api_route(r.template, methods=[r.method])
+
+    @route(HEALTH)
     def health() -> dict:
         return {"status": "ok"}
 
-    @app.get("/circuit")
+    @route(CIRCUIT)
     def circuit() -> dict:
-        return info
+        return description.to_dict()
 
-    @app.post("/sessions")
+    @route(OPEN_SESSION)
     async def open_session(request: Request) -> dict:
         body = await request.body()
         try:
@@ -65,22 +71,22 @@ def create_app(artifacts: str | Path) -> FastAPI:
             sessions[session] = keys
         return {"session": session, "evaluation_key_bytes": len(key_bytes)}
 
-    @app.delete("/sessions/{session}")
+    @route(CLOSE_SESSION)
     def close_session(session: str) -> dict:
         with lock:
             if sessions.pop(session, None) is None:
                 raise HTTPException(404, f"unknown session {session!r}")
         return {"closed": session}
 
-    @app.post("/sessions/{session}/run")
+    @route(RUN)
     async def run(session: str, request: Request) -> Response:
         with lock:
             keys = sessions.get(session)
         if keys is None:
-            raise HTTPException(404, f"unknown session {session!r}: open one with POST /sessions (evaluation keys)")
+            raise HTTPException(404, f"unknown session {session!r}: open one with {OPEN_SESSION} (evaluation keys)")
         body = await request.body()
         try:
-            args = [fhe.Value.deserialize(part) for part in unpack(body, expected_parts=len(info["inputs"]))]
+            args = [fhe.Value.deserialize(part) for part in unpack(body, expected_parts=len(description.inputs))]
         except TransportError as error:
             raise HTTPException(400, f"the ciphertexts could not be read: {error}") from None
         except RuntimeError as error:
@@ -91,8 +97,8 @@ def create_app(artifacts: str | Path) -> FastAPI:
         except RuntimeError as error:
             raise HTTPException(
                 422,
-                f"the ciphertexts do not fit this circuit, compiled for sequence length {info['length']} "
-                f"(inputs {', '.join(info['inputs'])} of shape {info['input_shape']}): {error}",
+                f"the ciphertexts do not fit this circuit, compiled for sequence length {description.length} "
+                f"(inputs {', '.join(description.inputs)} of shape {list(description.input_shape)}): {error}",
             ) from None
         return Response(pack([result.serialize()]), media_type="application/octet-stream")
 
