@@ -73,12 +73,12 @@ class _ServerThread:
     """The same FastAPI app served by uvicorn in a thread of this process, with the few methods of
     ``subprocess.Popen`` that :class:`ServerProcess` uses (poll, terminate, wait, kill, returncode)."""
 
-    def __init__(self, folder: Path, port: int):
+    def __init__(self, folder: Path, port: int, limits: dict[str, int]):
         import uvicorn
 
         from .server import create_app
 
-        config = uvicorn.Config(create_app(folder), host="127.0.0.1", port=port, log_level="warning")
+        config = uvicorn.Config(create_app(folder, **limits), host="127.0.0.1", port=port, log_level="warning")
         self._server = uvicorn.Server(config)
         self.returncode: int | None = None
         self._thread = threading.Thread(target=self._serve, name="course-server", daemon=True)
@@ -120,6 +120,8 @@ class ServerProcess:
         port: the port (default: a free one).
         startup_timeout: seconds to wait for the server to answer :data:`~course_lib.contract.HEALTH`.
         in_process: serve from a thread of this process (default: only in a memory-capped session).
+        max_key_bytes, max_run_bytes, max_sessions: the server's limits (default: those of
+            :func:`course_lib.server.create_app`).
     """
 
     def __init__(
@@ -129,7 +131,13 @@ class ServerProcess:
         port: int | None = None,
         startup_timeout=60.0,
         in_process: bool | None = None,
+        *,
+        max_key_bytes: int | None = None,
+        max_run_bytes: int | None = None,
+        max_sessions: int | None = None,
     ):
+        limits = {"max_key_bytes": max_key_bytes, "max_run_bytes": max_run_bytes, "max_sessions": max_sessions}
+        limits = {name: value for name, value in limits.items() if value is not None}
         self._tmp = tempfile.TemporaryDirectory(prefix="course-server-") if folder is None else None
         self.folder = Path(folder) if folder is not None else Path(self._tmp.name)
         circuit.save_server(self.folder)
@@ -139,10 +147,12 @@ class ServerProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.in_process = memory_capped() if in_process is None else in_process
         if self.in_process:
-            self.process: subprocess.Popen | _ServerThread = _ServerThread(self.folder, self.port)
+            self.process: subprocess.Popen | _ServerThread = _ServerThread(self.folder, self.port, limits)
         else:
             command = [sys.executable, "-m", "course_lib.server", "--artifacts", str(self.folder)]
             command += ["--port", str(self.port)]
+            for name, value in limits.items():
+                command += [f"--{name.replace('_', '-')}", str(value)]
             self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + startup_timeout
         while True:
