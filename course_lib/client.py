@@ -12,12 +12,14 @@ check that no secret key is among them.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,8 +108,23 @@ class _ServerThread:
         return self.returncode
 
 
+def _release(process: subprocess.Popen | _ServerThread, log) -> None:
+    """Close a server's pipe (a child process exits when it closes) or stop its thread, and close its log."""
+    if isinstance(process, _ServerThread):
+        process.terminate()
+    elif process.stdin is not None:
+        process.stdin.close()
+    log.close()
+
+
 class ServerProcess:
     """``python -m course_lib.server`` on localhost, in a child process, serving ``circuit``.
+
+    The child process ends with this one: it is started with ``--parent-pid`` and a pipe as its
+    standard input, whose write end only this process holds, and exits when the pipe closes or when
+    this process is no longer its parent (:func:`course_lib.server.exit_with_parent`). So a kernel
+    that exits, crashes or is killed takes its server with it, and a ``ServerProcess`` garbage
+    collected without :meth:`stop` closes the pipe, which ends its server too.
 
     In a memory-capped session (:func:`course_lib.environment.memory_capped`, e.g. Binder's 2 GB)
     the server runs in a thread of this process instead (``in_process``): a second Python process
@@ -144,16 +161,19 @@ class ServerProcess:
         self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.folder / "server.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed by _release)
         self.in_process = memory_capped() if in_process is None else in_process
         if self.in_process:
             self.process: subprocess.Popen | _ServerThread = _ServerThread(self.folder, self.port, limits)
         else:
             command = [sys.executable, "-m", "course_lib.server", "--artifacts", str(self.folder)]
-            command += ["--port", str(self.port)]
+            command += ["--port", str(self.port), "--parent-pid", str(os.getpid())]
             for name, value in limits.items():
                 command += [f"--{name.replace('_', '-')}", str(value)]
-            self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+            # stdin: a pipe whose write end only this process holds; the server exits when it closes
+            self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT)
+        # Called by stop(), or when this object is collected without stop(): the server ends either way.
+        self._release = weakref.finalize(self, _release, self.process, self._log)
         deadline = time.monotonic() + startup_timeout
         while True:
             if self.process.poll() is not None:
@@ -171,7 +191,8 @@ class ServerProcess:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        """Terminate the server (and wait for it), then remove its temporary folder if it made one."""
+        """Terminate the server (and wait for it), close its pipe and its log, then remove its temporary folder if it
+        made one."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -179,7 +200,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._log.close()
+        self._release()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

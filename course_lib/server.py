@@ -8,7 +8,8 @@ returns ciphertexts. It never receives, generates or uses a secret key (it calls
 :mod:`course_lib.contract`.
 
 Run it with ``python -m course_lib.server --artifacts DIR --port 8000`` (FastAPI on
-uvicorn); :class:`course_lib.client.ServerProcess` does that for the notebooks.
+uvicorn); :class:`course_lib.client.ServerProcess` does that for the notebooks, and passes
+``--parent-pid`` so that the server ends with the process that started it (:func:`exit_with_parent`).
 
 Errors are answered in JSON with a ``detail`` message: 400 for bytes that cannot be read
 (damaged, truncated, not keys, not ciphertexts), 404 for an unknown session, 413 for a request
@@ -21,7 +22,11 @@ circuit of the same shapes cannot be told apart and decrypt to wrong numbers), 4
 from __future__ import annotations
 
 import argparse
+import os
+import stat
+import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -226,6 +231,57 @@ def create_app(
     return app
 
 
+# -- ending with the parent ------------------------------------------------------------------------
+def exit_with_parent(parent_pid: int, *, poll_seconds: float = 1.0) -> None:
+    """End this process as soon as the process ``parent_pid`` that started it ends (a crash or ``SIGKILL`` too).
+
+    Returns at once, having started the watches.
+
+    Two watches, in daemon threads, on Linux and macOS alike:
+
+    - if standard input is a pipe, its end of file: the parent holds the only write end
+      (:class:`course_lib.client.ServerProcess` starts the server with ``stdin=PIPE``), and the
+      operating system closes it when the parent ends, by a crash or ``SIGKILL`` too, or when the
+      parent closes it;
+    - every ``poll_seconds``, whether ``parent_pid`` is still this process's parent: when a process
+      ends, its children are handed to another one (init, or a subreaper). This covers a child of
+      the parent that inherited the pipe's write end and keeps it open.
+
+    The process then ends at once (``os._exit``), without waiting for a run in progress: nobody is
+    left to receive its result. It ends at once too if ``parent_pid`` is not its parent when this is
+    called (the parent ended already, or the pid is wrong). Standard input is watched only if it is
+    a pipe: a server started by hand from a terminal keeps its terminal.
+    """
+
+    def end(reason: str) -> None:
+        print(f"course_lib.server: {reason}; the server exits", file=sys.stderr, flush=True)
+        os._exit(0)
+
+    if os.getppid() != parent_pid:
+        end(f"process {parent_pid} is not this server's parent (its parent is {os.getppid()})")
+
+    def watch_stdin() -> None:
+        try:
+            while os.read(0, 65536):
+                pass
+        except OSError:
+            return  # no readable standard input after all: the parent's pid is still watched
+        end("standard input closed (the process that started the server ended or closed it)")
+
+    def watch_parent() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_seconds)
+        end(f"process {parent_pid}, which started the server, ended")
+
+    try:
+        stdin_is_pipe = stat.S_ISFIFO(os.fstat(0).st_mode)
+    except OSError:
+        stdin_is_pipe = False
+    if stdin_is_pipe:
+        threading.Thread(target=watch_stdin, name="course-server-stdin", daemon=True).start()
+    threading.Thread(target=watch_parent, name="course-server-parent", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m course_lib.server``: serve an artifact folder over HTTP until stopped (see ``--help``)."""
     import uvicorn
@@ -253,7 +309,15 @@ def main(argv: list[str] | None = None) -> None:
         default=DEFAULT_MAX_SESSIONS,
         help=f"most sessions open at once (default: {DEFAULT_MAX_SESSIONS})",
     )
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        help="exit when this process (the one starting the server) ends; standard input, if a pipe, is watched too",
+    )
     args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        exit_with_parent(args.parent_pid)
     app = create_app(
         args.artifacts,
         max_key_bytes=args.max_key_bytes,

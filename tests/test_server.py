@@ -1,13 +1,21 @@
-"""course_lib.server's limits: the size of request bodies and the number of open sessions.
+"""course_lib.server's limits and lifetime: request bodies, open sessions, and a server that ends with its parent.
 
 One narrow circuit (a random 2-bit fast head, model width 16, head dimension 4, 2 tokens), keyed once;
-the limits are set small so that the refusals come at once. The servers run in a thread of the test
-process (``in_process=True``).
+the limits are set small so that the refusals come at once. Most servers here run in a thread of the
+test process (``in_process=True``); the lifetime tests start child processes, as the notebooks do.
 """
 
+import gc
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
+import psutil
 import pytest
 import requests
 
@@ -38,6 +46,33 @@ from course_lib.transport import pack
 
 LENGTH = 2
 
+#: The parent of the lifetime test: compiles a narrow circuit, starts ServerProcess children, writes their pids.
+PARENT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from course_lib.attention import HeadWeights
+    from course_lib.client import ServerProcess
+    from course_lib.fast_attention import FastHead
+    from course_lib.fhe import HeadCircuit
+
+    head = FastHead(HeadWeights.random(16, 4, seed=0), 2, lookup_bits=2)
+    inputs = HeadWeights.random_inputs(12, 16)
+    head.calibrate(inputs)
+    circuit = HeadCircuit(head, inputs, length={length})
+    leaked = ServerProcess(circuit, in_process=False)
+    holder = os.fork()  # a child of the parent that inherits the write end of `leaked`'s pipe
+    if holder == 0:
+        time.sleep(120)
+        os._exit(0)
+    plain = ServerProcess(circuit, in_process=False)  # started after the fork: only the parent holds its pipe
+    pids = {{"parent": os.getpid(), "holder": holder, "leaked": leaked.process.pid, "plain": plain.process.pid}}
+    with open(sys.argv[1] + ".tmp", "w") as file:
+        json.dump(pids, file)
+    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+    time.sleep(600)
+    """
+)
+
 
 def narrow_circuit(seed=0):
     head = FastHead(HeadWeights.random(16, 4, seed=seed), 2, lookup_bits=2)
@@ -61,6 +96,27 @@ def chunks(size, chunk=4096):
 
 def health(server) -> dict:
     return requests.get(server.url + HEALTH.path(), timeout=10).json()
+
+
+def gone(pid: int) -> bool:
+    """True if process ``pid`` has exited (a zombie waiting for its new parent to reap it counts as exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_until_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 # -- the description and the defaults ---------------------------------------------------------------
@@ -141,3 +197,49 @@ def test_sessions_over_the_cap_are_refused_with_429_until_one_is_closed(keyed):
             assert health(server)["sessions"] == 2
         second.close()
         assert health(server)["sessions"] == 0
+
+
+# -- lifetime -------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:subprocess .* is still running:ResourceWarning")
+def test_a_server_process_collected_without_stop_ends_and_its_limits_are_options(keyed):
+    server = ServerProcess(keyed, in_process=False, max_key_bytes=2**30, max_run_bytes=2**20, max_sessions=3)
+    pid = server.process.pid
+    answer = health(server)  # the limits went through the command line
+    assert (answer["max_key_bytes"], answer["max_run_bytes"], answer["max_sessions"]) == (2**30, 2**20, 3)
+    del server
+    gc.collect()
+    # This process is still the server's parent: only the closed pipe can have ended it.
+    assert wait_until_gone(pid, timeout=10), f"the server {pid} outlived its ServerProcess"
+
+
+def test_servers_end_when_the_process_that_started_them_is_killed(tmp_path):
+    """SIGKILL the parent: a server whose pipe only the parent held sees it close at once; a server whose pipe
+    a child of the parent inherited sees its parent change (within a second's poll)."""
+    script, pids_file = tmp_path / "parent.py", tmp_path / "pids.json"
+    script.write_text(PARENT.format(length=LENGTH))
+    log = open(tmp_path / "parent.log", "wb")  # noqa: SIM115 (closed below)
+    parent = subprocess.Popen([sys.executable, str(script), str(pids_file)], stdout=log, stderr=subprocess.STDOUT)
+    pids = {}
+    try:
+        deadline = time.monotonic() + 180
+        while not pids_file.exists():
+            assert parent.poll() is None, (tmp_path / "parent.log").read_text()
+            assert time.monotonic() < deadline, "the parent did not start its servers in time"
+            time.sleep(0.2)
+        pids = json.loads(pids_file.read_text())
+        assert not gone(pids["plain"]) and not gone(pids["leaked"])
+        os.kill(pids["parent"], signal.SIGKILL)
+        parent.wait(timeout=10)
+        start = time.monotonic()
+        assert wait_until_gone(pids["plain"], timeout=5), "the server outlived its killed parent"
+        assert wait_until_gone(pids["leaked"], timeout=5), "the server with a leaked pipe outlived its killed parent"
+        assert not gone(pids["holder"])  # the pipe's other holder lives on: the parent's pid ended that server
+        assert time.monotonic() - start < 5
+    finally:
+        for name in ("parent", "holder", "plain", "leaked"):
+            if name in pids and not gone(pids[name]):
+                os.kill(pids[name], signal.SIGKILL)
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        log.close()
