@@ -9,6 +9,7 @@ One module per concept, leaves first (see README.md, "course_lib at a glance"):
 - :mod:`course_lib.fast_attention`: the same head with a several times cheaper encrypted part;
 - :mod:`course_lib.gpt2`: that head, or every head of a layer, swapped into a Hugging Face GPT-2;
 - :mod:`course_lib.fhe` and :mod:`course_lib.keys`: the compiled circuit and its cached keys;
+- :mod:`course_lib.contract`: the client/server contract (routes, artifact files, the circuit's description);
 - :mod:`course_lib.generation`: greedy generation, one timed pass per token;
 - :mod:`course_lib.transport`, :mod:`course_lib.server`, :mod:`course_lib.client`: the client/server split over HTTP;
 - :mod:`course_lib.distributed`: the heads of a layer as Dask tasks;

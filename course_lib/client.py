@@ -12,18 +12,21 @@ check that no secret key is among them.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import requests
 
+from .contract import CIRCUIT, CLOSE_SESSION, HEALTH, OPEN_SESSION, RUN, CircuitDescription, DescriptionError, Route
 from .environment import memory_capped
 from .fhe import HeadCircuit
 from .transport import pack
@@ -72,12 +75,12 @@ class _ServerThread:
     """The same FastAPI app served by uvicorn in a thread of this process, with the few methods of
     ``subprocess.Popen`` that :class:`ServerProcess` uses (poll, terminate, wait, kill, returncode)."""
 
-    def __init__(self, folder: Path, port: int):
+    def __init__(self, folder: Path, port: int, limits: dict[str, int]):
         import uvicorn
 
         from .server import create_app
 
-        config = uvicorn.Config(create_app(folder), host="127.0.0.1", port=port, log_level="warning")
+        config = uvicorn.Config(create_app(folder, **limits), host="127.0.0.1", port=port, log_level="warning")
         self._server = uvicorn.Server(config)
         self.returncode: int | None = None
         self._thread = threading.Thread(target=self._serve, name="course-server", daemon=True)
@@ -105,8 +108,23 @@ class _ServerThread:
         return self.returncode
 
 
+def _release(process: subprocess.Popen | _ServerThread, log) -> None:
+    """Close a server's pipe (a child process exits when it closes) or stop its thread, and close its log."""
+    if isinstance(process, _ServerThread):
+        process.terminate()
+    elif process.stdin is not None:
+        process.stdin.close()
+    log.close()
+
+
 class ServerProcess:
     """``python -m course_lib.server`` on localhost, in a child process, serving ``circuit``.
+
+    The child process ends with this one: it is started with ``--parent-pid`` and a pipe as its
+    standard input, whose write end only this process holds, and exits when the pipe closes or when
+    this process is no longer its parent (:func:`course_lib.server.exit_with_parent`). So a kernel
+    that exits, crashes or is killed takes its server with it, and a ``ServerProcess`` garbage
+    collected without :meth:`stop` closes the pipe, which ends its server too.
 
     In a memory-capped session (:func:`course_lib.environment.memory_capped`, e.g. Binder's 2 GB)
     the server runs in a thread of this process instead (``in_process``): a second Python process
@@ -117,8 +135,10 @@ class ServerProcess:
         circuit: the compiled head; only its server artifact is written for the server.
         folder: where to write the artifact (default: a temporary folder).
         port: the port (default: a free one).
-        startup_timeout: seconds to wait for the server to answer ``/health``.
+        startup_timeout: seconds to wait for the server to answer :data:`~course_lib.contract.HEALTH`.
         in_process: serve from a thread of this process (default: only in a memory-capped session).
+        max_key_bytes, max_run_bytes, max_sessions: the server's limits (default: those of
+            :func:`course_lib.server.create_app`).
     """
 
     def __init__(
@@ -128,21 +148,32 @@ class ServerProcess:
         port: int | None = None,
         startup_timeout=60.0,
         in_process: bool | None = None,
+        *,
+        max_key_bytes: int | None = None,
+        max_run_bytes: int | None = None,
+        max_sessions: int | None = None,
     ):
+        limits = {"max_key_bytes": max_key_bytes, "max_run_bytes": max_run_bytes, "max_sessions": max_sessions}
+        limits = {name: value for name, value in limits.items() if value is not None}
         self._tmp = tempfile.TemporaryDirectory(prefix="course-server-") if folder is None else None
         self.folder = Path(folder) if folder is not None else Path(self._tmp.name)
         circuit.save_server(self.folder)
         self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.folder / "server.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed by _release)
         self.in_process = memory_capped() if in_process is None else in_process
         if self.in_process:
-            self.process: subprocess.Popen | _ServerThread = _ServerThread(self.folder, self.port)
+            self.process: subprocess.Popen | _ServerThread = _ServerThread(self.folder, self.port, limits)
         else:
             command = [sys.executable, "-m", "course_lib.server", "--artifacts", str(self.folder)]
-            command += ["--port", str(self.port)]
-            self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+            command += ["--port", str(self.port), "--parent-pid", str(os.getpid())]
+            for name, value in limits.items():
+                command += [f"--{name.replace('_', '-')}", str(value)]
+            # stdin: a pipe whose write end only this process holds; the server exits when it closes
+            self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT)
+        # Called by stop(), or when this object is collected without stop(): the server ends either way.
+        self._release = weakref.finalize(self, _release, self.process, self._log)
         deadline = time.monotonic() + startup_timeout
         while True:
             if self.process.poll() is not None:
@@ -150,7 +181,7 @@ class ServerProcess:
                 code = self.process.returncode
                 raise ServerError(f"the server exited at start-up (code {code}); see {self.log_path}")
             try:
-                if requests.get(f"{self.url}/health", timeout=1).ok:
+                if requests.get(self.url + HEALTH.path(), timeout=1).ok:
                     break
             except requests.RequestException:  # not up yet (refused, or too slow to answer)
                 pass
@@ -160,7 +191,8 @@ class ServerProcess:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        """Terminate the server (and wait for it), then remove its temporary folder if it made one."""
+        """Terminate the server (and wait for it), close its pipe and its log, then remove its temporary folder if it
+        made one."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -168,7 +200,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._log.close()
+        self._release()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -195,21 +227,30 @@ class RemoteHead:
         self.url = url.rstrip("/")
         self.circuit = circuit
         self.sent: list[bytes] = []  # every request body, for inspection
-        info = self._request("get", "/circuit").json()
-        if info["fingerprint"] != circuit.fingerprint:
+        self.session: str | None = None
+        try:
+            #: What the server says about the circuit it runs.
+            self.description = CircuitDescription.from_dict(self._request(CIRCUIT).json())
+        except (DescriptionError, ValueError) as error:  # ValueError: not JSON at all
             raise ServerError(
-                f"the server runs circuit {info['fingerprint']} (length {info['length']}), this client has "
-                f"{circuit.fingerprint} (length {circuit.length}): start the server with this circuit"
+                f"the server at {self.url} did not answer with a valid circuit description: {error}"
+            ) from None
+        if self.description.fingerprint != circuit.fingerprint:
+            raise ServerError(
+                f"the server runs circuit {self.description.fingerprint} (length {self.description.length}), this "
+                f"client has {circuit.fingerprint} (length {circuit.length}): start the server with this circuit"
             )
         keys = pack([circuit.circuit.keys.evaluation.serialize()])
         self.evaluation_key_bytes = len(keys)
-        self.session = self._request("post", "/sessions", keys).json()["session"]
+        self.session = self._request(OPEN_SESSION, keys).json()["session"]
 
-    def _request(self, method: str, path: str, body: bytes | None = None) -> requests.Response:
+    def _request(self, route: Route, body: bytes | None = None, **params: str) -> requests.Response:
         if body is not None:
             self.sent.append(body)
         try:
-            response = requests.request(method, self.url + path, data=body, timeout=(CONNECT_TIMEOUT, None))
+            response = requests.request(
+                route.method, self.url + route.path(**params), data=body, timeout=(CONNECT_TIMEOUT, None)
+            )
         except requests.ConnectionError as error:
             raise ServerError(f"cannot reach the server at {self.url}: {error}") from None
         if not response.ok:
@@ -221,8 +262,8 @@ class RemoteHead:
         return response
 
     def send(self, message: bytes) -> bytes:
-        """POST an already framed message to this session's run endpoint; the raw answer."""
-        return self._request("post", f"/sessions/{self.session}/run", message).content
+        """Send an already framed message to this session's :data:`~course_lib.contract.RUN` route; the raw answer."""
+        return self._request(RUN, message, session=self.session).content
 
     def run(self, *inputs: np.ndarray) -> tuple[np.ndarray, RunStats]:
         """Encrypt the circuit's inputs here (``x``, or ``q, k, v``), run the head on the server, decrypt here."""
@@ -242,7 +283,7 @@ class RemoteHead:
         """End the session (the server forgets the evaluation keys)."""
         if self.session is not None:
             try:
-                self._request("delete", f"/sessions/{self.session}")
+                self._request(CLOSE_SESSION, session=self.session)
             finally:
                 self.session = None
 

@@ -57,7 +57,8 @@ from pathlib import Path
 import numpy as np
 from concrete import fhe
 
-from .fhe import CIRCUIT_INPUTS, HeadCircuit, head_columns
+from .contract import SERVER_FILE, CircuitDescription
+from .fhe import HeadCircuit, head_columns
 from .keys import keys_loaded
 from .progress import progress_bar
 from .transport import pack, unpack
@@ -79,17 +80,22 @@ class HeadServerPayload:
 
     Attributes:
         head: the head's index in the layer.
-        fingerprint: the circuit's fingerprint (:attr:`HeadCircuit.fingerprint`).
+        description: the circuit's description (:attr:`HeadCircuit.description`), what a server publishes.
         server_zip: concrete's server artifact (the compiled circuit, no keys).
         evaluation_keys: the head's evaluation keys, serialized (compressed).
         keys_digest: SHA-256 of ``evaluation_keys``: names the payload on the workers.
     """
 
     head: int
-    fingerprint: str
+    description: CircuitDescription
     server_zip: bytes
     evaluation_keys: bytes
     keys_digest: str
+
+    @property
+    def fingerprint(self) -> str:
+        """The circuit's fingerprint (:attr:`HeadCircuit.fingerprint`)."""
+        return self.description.fingerprint
 
     @property
     def nbytes(self) -> int:
@@ -105,14 +111,14 @@ class HeadServerPayload:
 
 def head_payload(circuit: HeadCircuit, head: int, cache_dir: str | Path | None = None) -> HeadServerPayload:
     """The payload of ``circuit`` (one head's compiled circuit, its keys in memory or in the key cache)."""
-    from .server import SERVER_FILE
-
     with tempfile.TemporaryDirectory(prefix="course-head-") as folder:
-        server_zip = (circuit.save_server(folder) / SERVER_FILE).read_bytes()
+        folder = circuit.save_server(folder)
+        server_zip = (folder / SERVER_FILE).read_bytes()
+        description = CircuitDescription.load(folder)
     with keys_loaded(circuit.circuit, cache_dir):
         evaluation_keys = circuit.circuit.keys.evaluation.serialize()
     digest = hashlib.sha256(evaluation_keys).hexdigest()
-    return HeadServerPayload(head, circuit.fingerprint, server_zip, evaluation_keys, digest)
+    return HeadServerPayload(head, description, server_zip, evaluation_keys, digest)
 
 
 # -- the worker's side -----------------------------------------------------------------------------
@@ -132,8 +138,8 @@ def _server_and_keys(payload: HeadServerPayload) -> tuple[fhe.Server, fhe.Evalua
         loaded_now = payload.keys_digest not in _LOADED
         if loaded_now:
             folder = Path(tempfile.mkdtemp(prefix=f"course-head-{payload.head}-"))
-            (folder / "server.zip").write_bytes(payload.server_zip)
-            server = fhe.Server.load(folder / "server.zip")
+            (folder / SERVER_FILE).write_bytes(payload.server_zip)
+            server = fhe.Server.load(folder / SERVER_FILE)
             keys = fhe.EvaluationKeys.deserialize(payload.evaluation_keys)
             _LOADED[payload.keys_digest] = (server, keys, folder)
         server, keys, _ = _LOADED[payload.keys_digest]
@@ -169,7 +175,8 @@ def run_head_on_worker(payload: HeadServerPayload, message: bytes) -> tuple[byte
     from distributed import get_worker
 
     server, keys, loaded_now = _server_and_keys(payload)
-    args = [fhe.Value.deserialize(part) for part in unpack(message, expected_parts=len(CIRCUIT_INPUTS))]
+    inputs = len(payload.description.inputs)
+    args = [fhe.Value.deserialize(part) for part in unpack(message, expected_parts=inputs)]
     start = time.perf_counter()
     result = server.run(*args, evaluation_keys=keys)
     seconds = time.perf_counter() - start

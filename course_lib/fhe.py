@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import atexit
 import inspect
-import json
 import os
 import sys
 import time
@@ -51,6 +50,7 @@ import numpy as np
 from concrete import fhe
 
 from .attention import QuantizedHead
+from .contract import CIRCUIT_INPUTS, SCOPE_INPUTS, SCOPES, SERVER_FILE, CircuitDescription
 from .dual_array import DualArray
 from .environment import memory_capped
 from .keys import circuit_fingerprint
@@ -235,18 +235,8 @@ def pad_rows(q: np.ndarray, length: int, fill: int | np.ndarray) -> np.ndarray:
     return np.concatenate((np.asarray(q, dtype=np.int64), padding))
 
 
-#: The circuit's encrypted inputs, in order: ``q, k, v`` (scope ``"attention"``).
-CIRCUIT_INPUTS: tuple[str, ...] = ("q", "k", "v")
-
-#: What a circuit computes on the server, from what it receives:
-#: ``"attention"``: scores, softmax and weighted values from the client's encrypted ``q, k, v``
-#: (the client projects with the head's weights); ``"projection+attention"``: the same from the
-#: client's encrypted attention input ``x``, the projection's weights being clear constants of the
-#: circuit (the server's, never the client's).
-SCOPES: tuple[str, ...] = ("attention", "projection+attention")
-
-#: The encrypted inputs of each scope, in order.
-SCOPE_INPUTS: dict[str, tuple[str, ...]] = {"attention": CIRCUIT_INPUTS, "projection+attention": ("x",)}
+# CIRCUIT_INPUTS, SCOPES and SCOPE_INPUTS (what a circuit computes on the server, from what it
+# receives) are part of the client/server contract: defined in course_lib.contract, imported above.
 
 QKV = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -468,29 +458,33 @@ class HeadCircuit:
         """The circuit's fingerprint (names its keys in the cache; checked by the server)."""
         return circuit_fingerprint(self.circuit)
 
+    @property
+    def description(self) -> CircuitDescription:
+        """What a server publishes about this circuit (:class:`~course_lib.contract.CircuitDescription`)."""
+        return CircuitDescription(
+            fingerprint=self.fingerprint,
+            length=self.length,
+            scope=self.scope,
+            inputs=self.input_names,
+            input_shape=(self.length, int(self.input_width)),
+            queries=self.queries,
+            heads=len(self.heads),
+            n_bits=int(self.heads[0].n_bits),
+            input_bytes=int(self.circuit.size_of_inputs),
+        )
+
     def save_server(self, folder: str | Path) -> Path:
-        """Write what a server needs, and only that: the compiled circuit and a description.
+        """Write what a server needs, and only that, into ``folder`` (created if needed); returns ``folder``.
 
-        ``folder/server.zip`` is concrete's server artifact (no keys in it);
-        ``folder/circuit.json`` gives the inputs, shapes and fingerprint.
+        :data:`~course_lib.contract.SERVER_FILE` is concrete's server artifact (the compiled circuit, no
+        keys in it); :data:`~course_lib.contract.CIRCUIT_FILE` is the circuit's :attr:`description`
+        (fingerprint, inputs, shapes), which the server publishes and the client checks.
         """
-        from .server import CIRCUIT_FILE, SERVER_FILE
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / SERVER_FILE).unlink(missing_ok=True)
         self.circuit.server.save(folder / SERVER_FILE)
-        info = {
-            "fingerprint": self.fingerprint,
-            "length": self.length,
-            "scope": self.scope,
-            "inputs": list(self.input_names),
-            "input_shape": [self.length, self.input_width],
-            "queries": self.queries,
-            "heads": len(self.heads),
-            "n_bits": self.heads[0].n_bits,
-        }
-        (folder / CIRCUIT_FILE).write_text(json.dumps(info, indent=2))
+        self.description.save(folder)
         return folder
 
     # -- inputs (the client's side) ----------------------------------------------------------------

@@ -1,25 +1,32 @@
 """The server side of the split: it runs the compiled head on ciphertexts, and never holds a secret key.
 
-It loads a server artifact (the compiled circuit, see :meth:`HeadCircuit.save_server
+It loads a server artifact (the compiled circuit and its description, see :meth:`HeadCircuit.save_server
 <course_lib.fhe.HeadCircuit.save_server>`), receives each client's *evaluation* keys once
-(``POST /sessions``), then ciphertexts (``POST /sessions/{id}/run``), and returns
-ciphertexts. It never receives, generates or uses a secret key (it calls only
-``fhe.Server``, ``fhe.EvaluationKeys`` and ``fhe.Value``).
+(:data:`~course_lib.contract.OPEN_SESSION`), then ciphertexts (:data:`~course_lib.contract.RUN`), and
+returns ciphertexts. It never receives, generates or uses a secret key (it calls only
+``fhe.Server``, ``fhe.EvaluationKeys`` and ``fhe.Value``). Its routes and files are those of
+:mod:`course_lib.contract`.
 
 Run it with ``python -m course_lib.server --artifacts DIR --port 8000`` (FastAPI on
-uvicorn); :class:`course_lib.client.ServerProcess` does that for the notebooks.
+uvicorn); :class:`course_lib.client.ServerProcess` does that for the notebooks, and passes
+``--parent-pid`` so that the server ends with the process that started it (:func:`exit_with_parent`).
 
 Errors are answered in JSON with a ``detail`` message: 400 for bytes that cannot be read
-(damaged, truncated, not keys, not ciphertexts), 404 for an unknown session, 422 for
-ciphertexts the circuit refuses to run (e.g. another sequence length; ciphertexts of another
-circuit of the same shapes cannot be told apart and decrypt to wrong numbers).
+(damaged, truncated, not keys, not ciphertexts), 404 for an unknown session, 413 for a request
+body over the server's limit (``max_key_bytes`` for keys, ``max_run_bytes`` for ciphertexts), 422
+for ciphertexts the circuit refuses to run (e.g. another sequence length; ciphertexts of another
+circuit of the same shapes cannot be told apart and decrypt to wrong numbers), 429 when
+``max_sessions`` sessions are open already.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import stat
+import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -27,60 +34,185 @@ from concrete import fhe
 from fastapi import FastAPI, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from .contract import CIRCUIT, CLOSE_SESSION, HEALTH, OPEN_SESSION, RUN, SERVER_FILE, CircuitDescription, Route
+from .environment import parse_bytes
 from .transport import TransportError, pack, unpack
 
-SERVER_FILE = "server.zip"
-CIRCUIT_FILE = "circuit.json"
+#: Default largest body of :data:`~course_lib.contract.OPEN_SESSION` (the framed evaluation keys): 8 GiB.
+#: The course's circuits need a few GB of compressed keys at most; a larger published circuit needs more.
+DEFAULT_MAX_KEY_BYTES = 8 * 1024**3
+#: Default largest number of open sessions: each holds a client's evaluation keys in memory.
+DEFAULT_MAX_SESSIONS = 4
+#: Default largest body of :data:`~course_lib.contract.RUN` when the description gives the size of the
+#: circuit's encrypted inputs: this many times that size, plus :data:`RUN_BYTES_MARGIN` for the framing.
+RUN_BYTES_PER_INPUT_BYTE = 4
+#: Added to the run limit computed from the inputs' size (framing, serialization headers).
+RUN_BYTES_MARGIN = 1024**2
+#: Default largest body of :data:`~course_lib.contract.RUN` when the description does not give the inputs' size.
+DEFAULT_MAX_RUN_BYTES = 256 * 1024**2
 
 
-def create_app(artifacts: str | Path) -> FastAPI:
-    """The FastAPI application serving the circuit saved in ``artifacts``."""
-    artifacts = Path(artifacts)
-    info = json.loads((artifacts / CIRCUIT_FILE).read_text())
-    server = fhe.Server.load(artifacts / SERVER_FILE)
-    sessions: dict[str, fhe.EvaluationKeys] = {}
-    lock = threading.Lock()
-    app = FastAPI(title="course_lib FHE head server")
+def default_max_run_bytes(description: CircuitDescription) -> int:
+    """The default limit on a run's body for this circuit: :data:`RUN_BYTES_PER_INPUT_BYTE` times the size of
+    its encrypted inputs plus :data:`RUN_BYTES_MARGIN`, or :data:`DEFAULT_MAX_RUN_BYTES` if the size is unknown."""
+    if description.input_bytes is None:
+        return DEFAULT_MAX_RUN_BYTES
+    return RUN_BYTES_PER_INPUT_BYTE * description.input_bytes + RUN_BYTES_MARGIN
 
-    @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok"}
 
-    @app.get("/circuit")
-    def circuit() -> dict:
-        return info
+def _size(n: int) -> str:
+    return f"{n:,} bytes ({n / 1e6:,.1f} MB)" if n >= 1e5 else f"{n:,} bytes"
 
-    @app.post("/sessions")
-    async def open_session(request: Request) -> dict:
-        body = await request.body()
+
+async def _read_body(request: Request, limit: int, what: str, setting: str) -> bytes:
+    """The request's body, refused with 413 if over ``limit`` bytes: by its Content-Length before reading, and
+    while reading (a body sent in chunks has none, and a body cannot be trusted to stop at its header)."""
+    advice = f"the server's limit is {_size(limit)} ({setting}): start it with a larger one if the {what} are right"
+    declared = request.headers.get("content-length")
+    if declared is not None:
         try:
-            (key_bytes,) = unpack(body, expected_parts=1)
-            keys = await run_in_threadpool(fhe.EvaluationKeys.deserialize, key_bytes)
-        except TransportError as error:
-            raise HTTPException(400, f"the evaluation keys could not be read: {error}") from None
-        except RuntimeError as error:
-            raise HTTPException(400, f"these bytes are not evaluation keys concrete can read: {error}") from None
-        session = uuid.uuid4().hex
-        with lock:
-            sessions[session] = keys
-        return {"session": session, "evaluation_key_bytes": len(key_bytes)}
+            declared_bytes = int(declared)
+        except ValueError:
+            raise HTTPException(400, f"the Content-Length header is not a number of bytes: {declared!r}") from None
+        if declared_bytes > limit:
+            raise HTTPException(
+                413, f"the {what} are too large: the request's body is {_size(declared_bytes)}; {advice}"
+            )
+    chunks, received = [], 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise HTTPException(413, f"the {what} are too large: {_size(received)} received so far; {advice}")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
-    @app.delete("/sessions/{session}")
+
+class _Sessions:
+    """The open sessions' evaluation keys, at most ``limit`` of them (those being opened count too)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.keys: dict[str, fhe.EvaluationKeys] = {}
+        self.opening = 0
+        self.lock = threading.Lock()
+
+    def reserve(self) -> None:
+        with self.lock:
+            if len(self.keys) + self.opening >= self.limit:
+                being_opened = f" and {self.opening} being opened" if self.opening else ""
+                raise HTTPException(
+                    429,
+                    f"{len(self.keys)} sessions are open{being_opened}, the most this server keeps "
+                    f"(max_sessions={self.limit}): close one with {CLOSE_SESSION} (RemoteHead.close()), "
+                    f"or restart the server with a larger --max-sessions",
+                )
+            self.opening += 1
+
+    def release(self) -> None:
+        with self.lock:
+            self.opening -= 1
+
+    def add(self, keys: fhe.EvaluationKeys) -> str:
+        session = uuid.uuid4().hex
+        with self.lock:
+            self.opening -= 1
+            self.keys[session] = keys
+        return session
+
+    def get(self, session: str) -> fhe.EvaluationKeys | None:
+        with self.lock:
+            return self.keys.get(session)
+
+    def pop(self, session: str) -> fhe.EvaluationKeys | None:
+        with self.lock:
+            return self.keys.pop(session, None)
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self.keys)
+
+
+def create_app(
+    artifacts: str | Path,
+    *,
+    max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
+    max_run_bytes: int | None = None,
+    max_sessions: int = DEFAULT_MAX_SESSIONS,
+) -> FastAPI:
+    """The FastAPI application serving the circuit saved in ``artifacts``.
+
+    Args:
+        artifacts: a folder written by :meth:`HeadCircuit.save_server <course_lib.fhe.HeadCircuit.save_server>`.
+        max_key_bytes: the largest body of :data:`~course_lib.contract.OPEN_SESSION` (framed evaluation keys).
+        max_run_bytes: the largest body of :data:`~course_lib.contract.RUN` (framed ciphertexts); default
+            :func:`default_max_run_bytes` of the circuit's description.
+        max_sessions: the most sessions open at once (each holds its evaluation keys in memory).
+
+    A body over its limit is answered with 413, from its Content-Length before it is read when the
+    request has one, else as soon as the bytes read pass the limit; an :data:`~course_lib.contract.OPEN_SESSION`
+    while ``max_sessions`` are open is answered with 429. :data:`~course_lib.contract.HEALTH` answers
+    ``{"status": "ok", "sessions": <open>}`` and the three limits.
+
+    Raises:
+        FileNotFoundError, course_lib.contract.DescriptionError: ``artifacts`` has no valid description.
+        ValueError: a limit is not a positive integer.
+    """
+    artifacts = Path(artifacts)
+    description = CircuitDescription.load(artifacts)
+    if max_run_bytes is None:
+        max_run_bytes = default_max_run_bytes(description)
+    limits = {"max_key_bytes": max_key_bytes, "max_run_bytes": max_run_bytes, "max_sessions": max_sessions}
+    for name, value in limits.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    server = fhe.Server.load(artifacts / SERVER_FILE)
+    sessions = _Sessions(max_sessions)
+    app = FastAPI(title="course_lib FHE head server")
+    app.state.description = description
+    app.state.limits = limits
+
+    def route(r: Route):
+        return app.api_route(r.template, methods=[r.method])
+
+    @route(HEALTH)
+    def health() -> dict:
+        return {"status": "ok", "sessions": len(sessions), **limits}
+
+    @route(CIRCUIT)
+    def circuit() -> dict:
+        return description.to_dict()
+
+    @route(OPEN_SESSION)
+    async def open_session(request: Request) -> dict:
+        sessions.reserve()  # before reading gigabytes of keys that could not be kept
+        try:
+            body = await _read_body(request, max_key_bytes, "evaluation keys", f"max_key_bytes={max_key_bytes}")
+            try:
+                (key_bytes,) = unpack(body, expected_parts=1)
+                keys = await run_in_threadpool(fhe.EvaluationKeys.deserialize, key_bytes)
+            except TransportError as error:
+                raise HTTPException(400, f"the evaluation keys could not be read: {error}") from None
+            except RuntimeError as error:
+                raise HTTPException(400, f"these bytes are not evaluation keys concrete can read: {error}") from None
+        except BaseException:
+            sessions.release()
+            raise
+        return {"session": sessions.add(keys), "evaluation_key_bytes": len(key_bytes)}
+
+    @route(CLOSE_SESSION)
     def close_session(session: str) -> dict:
-        with lock:
-            if sessions.pop(session, None) is None:
-                raise HTTPException(404, f"unknown session {session!r}")
+        if sessions.pop(session) is None:
+            raise HTTPException(404, f"unknown session {session!r}")
         return {"closed": session}
 
-    @app.post("/sessions/{session}/run")
+    @route(RUN)
     async def run(session: str, request: Request) -> Response:
-        with lock:
-            keys = sessions.get(session)
+        keys = sessions.get(session)
         if keys is None:
-            raise HTTPException(404, f"unknown session {session!r}: open one with POST /sessions (evaluation keys)")
-        body = await request.body()
+            raise HTTPException(404, f"unknown session {session!r}: open one with {OPEN_SESSION} (evaluation keys)")
+        body = await _read_body(request, max_run_bytes, "ciphertexts", f"max_run_bytes={max_run_bytes}")
         try:
-            args = [fhe.Value.deserialize(part) for part in unpack(body, expected_parts=len(info["inputs"]))]
+            args = [fhe.Value.deserialize(part) for part in unpack(body, expected_parts=len(description.inputs))]
         except TransportError as error:
             raise HTTPException(400, f"the ciphertexts could not be read: {error}") from None
         except RuntimeError as error:
@@ -91,23 +223,108 @@ def create_app(artifacts: str | Path) -> FastAPI:
         except RuntimeError as error:
             raise HTTPException(
                 422,
-                f"the ciphertexts do not fit this circuit, compiled for sequence length {info['length']} "
-                f"(inputs {', '.join(info['inputs'])} of shape {info['input_shape']}): {error}",
+                f"the ciphertexts do not fit this circuit, compiled for sequence length {description.length} "
+                f"(inputs {', '.join(description.inputs)} of shape {list(description.input_shape)}): {error}",
             ) from None
         return Response(pack([result.serialize()]), media_type="application/octet-stream")
 
     return app
 
 
-def main() -> None:
+# -- ending with the parent ------------------------------------------------------------------------
+def exit_with_parent(parent_pid: int, *, poll_seconds: float = 1.0) -> None:
+    """End this process as soon as the process ``parent_pid`` that started it ends (a crash or ``SIGKILL`` too).
+
+    Returns at once, having started the watches.
+
+    Two watches, in daemon threads, on Linux and macOS alike:
+
+    - if standard input is a pipe, its end of file: the parent holds the only write end
+      (:class:`course_lib.client.ServerProcess` starts the server with ``stdin=PIPE``), and the
+      operating system closes it when the parent ends, by a crash or ``SIGKILL`` too, or when the
+      parent closes it;
+    - every ``poll_seconds``, whether ``parent_pid`` is still this process's parent: when a process
+      ends, its children are handed to another one (init, or a subreaper). This covers a child of
+      the parent that inherited the pipe's write end and keeps it open.
+
+    The process then ends at once (``os._exit``), without waiting for a run in progress: nobody is
+    left to receive its result. It ends at once too if ``parent_pid`` is not its parent when this is
+    called (the parent ended already, or the pid is wrong). Standard input is watched only if it is
+    a pipe: a server started by hand from a terminal keeps its terminal.
+    """
+
+    def end(reason: str) -> None:
+        print(f"course_lib.server: {reason}; the server exits", file=sys.stderr, flush=True)
+        os._exit(0)
+
+    if os.getppid() != parent_pid:
+        end(f"process {parent_pid} is not this server's parent (its parent is {os.getppid()})")
+
+    def watch_stdin() -> None:
+        try:
+            while os.read(0, 65536):
+                pass
+        except OSError:
+            return  # no readable standard input after all: the parent's pid is still watched
+        end("standard input closed (the process that started the server ended or closed it)")
+
+    def watch_parent() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_seconds)
+        end(f"process {parent_pid}, which started the server, ended")
+
+    try:
+        stdin_is_pipe = stat.S_ISFIFO(os.fstat(0).st_mode)
+    except OSError:
+        stdin_is_pipe = False
+    if stdin_is_pipe:
+        threading.Thread(target=watch_stdin, name="course-server-stdin", daemon=True).start()
+    threading.Thread(target=watch_parent, name="course-server-parent", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m course_lib.server``: serve an artifact folder over HTTP until stopped (see ``--help``)."""
     import uvicorn
 
     parser = argparse.ArgumentParser(description="Serve a compiled course head over HTTP (FastAPI + uvicorn).")
     parser.add_argument("--artifacts", type=Path, required=True, help="folder written by HeadCircuit.save_server")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args()
-    uvicorn.run(create_app(args.artifacts), host=args.host, port=args.port, log_level="warning")
+    parser.add_argument(
+        "--max-key-bytes",
+        type=parse_bytes,
+        default=DEFAULT_MAX_KEY_BYTES,
+        help="largest evaluation-key upload, e.g. 8G (default: 8G)",
+    )
+    parser.add_argument(
+        "--max-run-bytes",
+        type=parse_bytes,
+        default=None,
+        help=f"largest ciphertext upload, e.g. 64M (default: {RUN_BYTES_PER_INPUT_BYTE} times the circuit's "
+        f"encrypted inputs plus 1M, or {DEFAULT_MAX_RUN_BYTES // 1024**2}M if the description lacks their size)",
+    )
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=DEFAULT_MAX_SESSIONS,
+        help=f"most sessions open at once (default: {DEFAULT_MAX_SESSIONS})",
+    )
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        help="exit when this process (the one starting the server) ends; standard input, if a pipe, is watched too",
+    )
+    args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        exit_with_parent(args.parent_pid)
+    app = create_app(
+        args.artifacts,
+        max_key_bytes=args.max_key_bytes,
+        max_run_bytes=args.max_run_bytes,
+        max_sessions=args.max_sessions,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import torch
 
 from course_lib.attention import HeadWeights, QuantizedHead
 from course_lib.client import RemoteHead, ServerError, ServerProcess
+from course_lib.contract import CIRCUIT_FILE, OPEN_SESSION, SERVER_FILE
 from course_lib.data import load_calibration_prompts
 from course_lib.dual_array import DualArray
 from course_lib.fast_attention import FastHead
@@ -215,9 +216,9 @@ def test_server_artifact_holds_no_keys(keyed, tmp_path):
     import zipfile
 
     folder = keyed.save_server(tmp_path / "artifact")
-    names = zipfile.ZipFile(folder / "server.zip").namelist()
+    names = zipfile.ZipFile(folder / SERVER_FILE).namelist()
     assert not any("key" in name.lower() for name in names)
-    assert sorted(p.name for p in folder.iterdir()) == ["circuit.json", "server.zip"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([CIRCUIT_FILE, SERVER_FILE])
 
 
 def test_server_refuses_damaged_bytes_and_keeps_serving(keyed, server):
@@ -254,9 +255,9 @@ def test_server_refuses_other_shapes_unknown_sessions_and_bad_keys(keyed, server
         RemoteHead(server.url, other)  # the client notices the server runs another circuit
     import requests
 
-    answer = requests.post(f"{server.url}/sessions", data=pack([b"\x00" * 100]), timeout=10)
+    answer = requests.post(server.url + OPEN_SESSION.path(), data=pack([b"\x00" * 100]), timeout=10)
     assert answer.status_code == 400 and "not evaluation keys" in answer.json()["detail"]
-    answer = requests.post(f"{server.url}/sessions", data=b"garbage", timeout=10)
+    answer = requests.post(server.url + OPEN_SESSION.path(), data=b"garbage", timeout=10)
     assert answer.status_code == 400 and "wrong header" in answer.json()["detail"]
 
 

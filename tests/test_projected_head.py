@@ -12,6 +12,7 @@ from concrete import fhe
 
 from course_lib.attention import PROJECTED, HeadWeights
 from course_lib.client import RemoteHead, ServerProcess
+from course_lib.contract import CircuitDescription
 from course_lib.dual_array import DualArray
 from course_lib.fast_attention import FastHead
 from course_lib.fhe import HeadCircuit, InputRangeError, SequenceLengthError, configuration
@@ -90,8 +91,8 @@ def test_circuit_from_x_executes_as_simulated_and_the_server_takes_x(tmp_path, m
     np.testing.assert_array_equal(circuit.execute(xq), simulated)
     monkeypatch.setenv("COURSE_MEMORY_LIMIT", "2G")  # the in-process server: no second Python
     with ServerProcess(circuit, tmp_path / "server") as server:
-        info = (tmp_path / "server" / "circuit.json").read_text()
-        assert '"scope": "projection+attention"' in info and '"x"' in info
+        info = CircuitDescription.load(tmp_path / "server")
+        assert info.scope == "projection+attention" and info.inputs == ("x",)
         with RemoteHead(server.url, circuit) as remote:
             out, stats = remote.run(xq)
     np.testing.assert_array_equal(out, simulated)
