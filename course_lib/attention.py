@@ -24,12 +24,13 @@ per element in FHE, whose output one quantizer of the head (``n_bits``) describe
 The head splits in two where FHE wants it split (notebook 03):
 
 - :meth:`QuantizedHead.project`, ``x -> q, k, v``: clear weights on the token's own
-  features. Its accumulators are 9 to 14 bits wide (128 products per value), far too
-  wide for cheap table lookups, and it mixes no tokens: in the course's FHE design the
-  client runs it, as it runs the rest of GPT-2.
+  features. It mixes no tokens, and its accumulators are wide (a sum of ``n_embd``
+  products per value): each is rounded (``projection_bits``, or weight scales aligned
+  with the quantizers) before the one lookup that requantizes it. In the published
+  split the server runs it, the weights compiled into its circuit; in the course's
+  attention-only circuits the client does.
 - :meth:`QuantizedHead.attend`, ``q, k, v -> out``: scores, causal softmax and the
-  weighted sum, every encrypted x encrypted product of the head. This is the part
-  compiled to FHE.
+  weighted sum, every encrypted x encrypted product of the head. Always on the server.
 
 A lookup's table has one entry per possible input integer, and in FHE its cost grows
 steeply with the input's bit width. With ``lookup_bits`` set, each product step

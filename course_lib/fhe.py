@@ -6,12 +6,15 @@ learns the range of every intermediate value from an *inputset* (the calibration
 quantized), picks each value's bit width and the cryptographic parameters, and turns every
 table lookup and every encrypted x encrypted product into programmable bootstraps (PBS).
 
-**What is encrypted.** The client runs GPT-2 up to the head, computes ``q, k, v`` with
-:meth:`QuantizedHead.project` (clear weights, each token on its own), quantizes and
-encrypts them. The server computes the scores, the causal softmax and the weighted sum of
-values on ciphertexts: everything in the head that mixes tokens. (The projection's
-128-term sums need 9 to 14-bit integers; in FHE a lookup on them needs evaluation keys of
-several gigabytes, see notebook 03.)
+**What is encrypted.** Two scopes (:data:`SCOPES`). In ``"attention"`` the client runs GPT-2
+up to the head, computes ``q, k, v`` with :meth:`QuantizedHead.project` (clear weights, each token
+on its own), quantizes and encrypts them; the server computes the scores, the causal softmax and the
+weighted sum of values on ciphertexts: everything in the head that mixes tokens. In
+``"projection+attention"`` (the published split) the client encrypts only its quantized attention
+input ``x``; the server's circuit holds the projection's weights as clear constants, computes
+``q, k, v`` from ``x`` (a wide accumulator, rounded, then one lookup per value: see
+:class:`~course_lib.attention.QuantizedHead`'s ``projection_bits`` and ``weight_scales``) and then the
+attention. The client never needs those weights: :meth:`HeadCircuit.encode` only quantizes ``x``.
 
 **Sequence length.** A circuit has fixed shapes, so it is compiled for one sequence
 length, :data:`DEFAULT_LENGTH` tokens. Shorter sequences are padded at the end: the head is
@@ -26,7 +29,8 @@ exactly, no padding): one step of generation with a KV cache, the earlier rows' 
 being those of earlier steps (notebook 04). Its cost grows as ``length`` instead of
 ``length**2``.
 
-Three ways to run the same integers, each checked against the previous one:
+Three ways to run the same integers, each checked against the previous one (exactly, unless the
+projection rounds approximately: see :attr:`HeadCircuit.is_exact`):
 
 - :meth:`HeadCircuit.clear`: :meth:`~QuantizedHead.attend` on NumPy integers (notebook 02's
   "quantized" mode);

@@ -6,6 +6,8 @@ simulates and executes the clear quantized head bit for bit. What is approximate
 against its bound: with approximate rounding, each q, k, v integer is at most one off the clear one.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 from concrete import fhe
@@ -89,6 +91,12 @@ def test_circuit_from_x_executes_as_simulated_and_the_server_takes_x(tmp_path, m
     (xq,) = circuit.encode(HeadWeights.random_inputs(1, 16, seed=21)[0][:LENGTH])
     simulated = circuit.simulate(xq)
     np.testing.assert_array_equal(circuit.execute(xq), simulated)
+    # The client's path needs no weight: poison them all on the client's side, the server's artifact has its own.
+    head.weights = dataclasses.replace(
+        head.weights, w_qkv=np.full_like(head.weights.w_qkv, np.nan), b_qkv=np.full_like(head.weights.b_qkv, np.nan)
+    )
+    head.w_parts = head.w_qkv = None
+    (xq,) = circuit.encode(HeadWeights.random_inputs(1, 16, seed=21)[0][:LENGTH])
     monkeypatch.setenv("COURSE_MEMORY_LIMIT", "2G")  # the in-process server: no second Python
     with ServerProcess(circuit, tmp_path / "server") as server:
         info = CircuitDescription.load(tmp_path / "server")
@@ -147,3 +155,34 @@ def test_scopes_are_checked():
         HeadCircuit(head, inputs, LENGTH, queries=1, scope=SCOPE)
     with pytest.raises(ValueError, match="projection_bits \\(2\\) must be at least n_bits \\(3\\)"):
         FastHead(HeadWeights.random(16, 4), 3, projection_bits=2)
+
+
+def test_aligned_scales_make_the_rounding_the_requantization():
+    head = FastHead(HeadWeights.random(16, 4, seed=3), 3, n_bits_weights=6, weight_scales="aligned")
+    inputs = HeadWeights.random_inputs(12, 16)
+    head.calibrate(inputs)
+    s_x = head.quantizers["input"].params.scale
+    for name, weights in zip(PROJECTED, head.w_parts, strict=True):
+        q = head.quantizers[name].params
+        unit = 2 ** head.projection_drop_bits[name] * s_x * weights.params.scale
+        assert unit == pytest.approx(q.scale, rel=1e-12)  # 2**r accumulator units are one step of q
+        assert np.abs(weights.int).max() <= 2**5 - 1  # within n_bits_weights
+    for x in inputs[:4]:
+        steps = dict(head.steps(x))
+        for name in PROJECTED:
+            accumulator, params = steps[f"{name} accumulator"], head.quantizers[name].params
+            rounded = np.floor(accumulator.int / 2 ** head.projection_drop_bits[name] + 0.5).astype(np.int64)
+            expected = np.clip(rounded + params.zero_point, params.qmin, params.qmax)
+            np.testing.assert_array_equal(steps[name].int, expected)  # one rounding, then the zero point and a clip
+    with pytest.raises(ValueError, match="leave projection_bits unset"):
+        FastHead(HeadWeights.random(16, 4), 3, weight_scales="aligned", projection_bits=4)
+
+
+def test_lookups_per_width_counts_every_pbs():
+    from course_lib.fhe import lookups_per_width
+
+    head, inputs = projected_head(exact=False, projection_bits=5)
+    approximate = HeadCircuit(head, inputs, LENGTH, scope=SCOPE)
+    widths = lookups_per_width(approximate.circuit)
+    assert sum(widths.values()) == approximate.summary().pbs_count
+    assert max(widths) <= approximate.summary().max_bit_width
