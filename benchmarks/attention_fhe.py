@@ -22,11 +22,13 @@ the key generation time and the encrypted execution time (median of ``--runs`` r
 checked equal to the simulation where the circuit is exact; a circuit that rounds its projection
 approximately records how far execution and simulation are from the clear integers instead). For each
 executed circuit it also reports its *PBS floor*: the sum, over its lookups, of the time of one PBS at
-that lookup's input width, each timed alone in a small circuit of its own in the same run; and the
-ratio of the measured time to that floor. It also reports top-1 and top-5 agreement with the float model
-on the evaluation text. That agreement is computed with the clear quantized head, which gives
-the same integers as the circuit's simulation (the tests check this); padding to the compiled
-length changes no real row, so the agreement does not depend on the length. Last come compile-only
+that lookup's input precision (:func:`course_lib.fhe.lookups_per_width`), each width timed alone in a
+small circuit of its own in the same run; and the ratio of the measured time to that floor. It also
+reports top-1 and top-5 agreement with the float model on the evaluation text. That agreement is
+computed with the clear quantized head, which gives the same integers as the circuit's simulation (the
+tests check this) when the circuit is exact; padding to the compiled length changes no real row, so the
+agreement does not depend on the length. A head that rounds its projection approximately also gets the
+agreement with that rounding simulated by concrete (``top1_simulated_rounding``). Last come compile-only
 PBS counts for a GPT-2-shaped head (head dim 64, model width 768, random weights) at lengths 4,
 6, 8 and 16.
 
@@ -105,19 +107,25 @@ def head_options(scope: str) -> dict:
 
 
 def isolated_pbs_seconds(width: int, elements: int = 64, runs: int = 3) -> float:
-    """Seconds of one PBS reading ``width`` bits, timed alone: a circuit of ``elements`` lookups, median run."""
-    table = fhe.univariate(lambda v: (v * 3) % (2**width))
+    """Seconds of one PBS reading ``width`` bits (signed, as most of the heads' lookups), timed alone.
+
+    A circuit of ``elements`` lookups side by side (run in parallel, as a circuit's are), compiled with the
+    course's configuration; one warm-up run (the first decompresses the keys), then the median of ``runs``.
+    """
+    half = 2 ** (width - 1)
+    table = fhe.univariate(lambda v: np.abs(v) // 2)
 
     def lookups(x):
         return table(x)
 
     rng = np.random.default_rng(0)
-    inputset = [rng.integers(0, 2**width, size=elements) for _ in range(20)] + [np.arange(elements) % 2**width]
-    inputset.append(np.full(elements, 2**width - 1))
+    inputset = [rng.integers(-half, half, size=elements) for _ in range(20)]
+    inputset += [np.full(elements, -half), np.full(elements, half - 1)]
     circuit = fhe.Compiler(lookups, {"x": "encrypted"}).compile(inputset, configuration())
     assert circuit.programmable_bootstrap_count == elements
     circuit.keygen()
     encrypted = circuit.encrypt(inputset[0])
+    circuit.run(encrypted)
     seconds = []
     for _ in range(runs):
         start = time.perf_counter()

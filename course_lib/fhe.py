@@ -204,22 +204,26 @@ class CircuitSummary:
 
 
 def lookups_per_width(circuit: fhe.Circuit) -> dict[int, int]:
-    """How many table lookups (PBS) a compiled circuit makes at each input bit width, widest last.
+    """How many table lookups (PBS) a compiled circuit makes at each input precision, narrowest first.
 
-    The width of a lookup is what its PBS reads: the bit width the compiler gave its input, less
-    the bits that a ``round_bit_pattern`` right before it removes. (An exact rounding's own PBS,
-    one per removed bit, are not counted here.)
+    The precision of a lookup is the bits its own input needs on the inputset (its measured range, a sign
+    bit included when negative), less the bits a ``round_bit_pattern`` right before it removes. The compiler
+    may store that input wider, to add it to wider values, but the PBS itself only has to read this many
+    bits. (An exact rounding's own PBS, one per removed bit, are not counted here.)
     """
     import networkx as nx
+    from concrete.fhe.dtypes import Integer
 
     graph, counts = circuit.graph, {}
     for node in nx.topological_sort(graph.graph):
         if not node.converted_to_table_lookup or node.properties.get("name") == "round_bit_pattern":
             continue
-        (source,) = graph.ordered_preds_of(node)[:1]
-        width = source.output.dtype.bit_width
+        source = graph.ordered_preds_of(node)[0]
+        low, high = source.bounds
+        lsbs = 0
         if source.properties.get("name") == "round_bit_pattern":
-            width -= source.properties["kwargs"]["lsbs_to_remove"]
+            lsbs = source.properties["kwargs"]["lsbs_to_remove"]
+        width = Integer.that_can_represent([int(low) >> lsbs, int(high) >> lsbs]).bit_width
         counts[width] = counts.get(width, 0) + int(np.prod(node.output.shape))
     return dict(sorted(counts.items()))
 
