@@ -153,7 +153,7 @@ class CircuitSummary:
         complexity: the compiler's cost estimate of one run (arbitrary units, comparable between circuits).
         evaluation_key_bytes: size of the keys the server needs (bootstrap and key-switch keys), as the
             compiler counts them, before compression (the serialized size: :class:`course_lib.keys.KeyReport`).
-        input_bytes: size of one encrypted input (q, k and v, each ``(length, head_dim)``).
+        input_bytes: size of the encrypted inputs of one run (``x``, or ``q``, ``k`` and ``v``).
         output_bytes: size of one encrypted output.
         compile_seconds: wall time of the compilation.
         queries: how many of the last tokens the circuit computes the output of (``length``: all).
@@ -409,7 +409,8 @@ class HeadCircuit:
 
     # -- the inputset ------------------------------------------------------------------------------
     def _inputset(self, inputs: Sequence[np.ndarray]) -> list[QKV]:
-        """Windows of ``length`` tokens of every input, projected to ``q, k, v``; short ones padded.
+        """Windows of ``length`` tokens of every input, encoded as the circuit takes them (:meth:`encode`:
+        ``x`` quantized, or projected to ``q, k, v``); short ones padded.
 
         Every prefix of the first input is included too, so that padded sequences of every
         length are part of what the compiler measures. (Extreme made-up samples, such as all
