@@ -339,7 +339,9 @@ class HeadCircuit:
         def on_integers(**inputs):  # concrete's tracer passes the inputs by name
             return self._joined([out.int for out in self._run_heads(*(inputs[n] for n in self.input_names))])
 
-        # concrete reads the encrypted inputs' names from the function's signature
+        # concrete reads the encrypted inputs' names from the function's signature, and names the circuit's
+        # MLIR function after it: part of the fingerprint that names the circuit's keys in the cache
+        on_integers.__name__ = "attend_on_integers" if scope == "attention" else "on_integers"
         on_integers.__signature__ = inspect.Signature(
             [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in self.input_names]
         )
