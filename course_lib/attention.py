@@ -217,12 +217,22 @@ class QuantizedHead:
         self.projection_drop_bits: dict[str, int] = dict.fromkeys(PROJECTED, 0)
         #: The widest accumulator of q, k, v on the calibration data (filled by :meth:`calibrate`).
         self.projection_accumulator_bits: dict[str, int] = {}
+        #: What each of q, k, v's accumulators is shifted by before it is rounded (filled by :meth:`calibrate`):
+        #: a multiple of ``2**drop`` that puts the calibration data's range in the middle of the non-negative
+        #: integers of its bit width, with as much room below as above for new data. Rounding commutes with the
+        #: shift, and the lookup after it subtracts it again: the integers are unchanged. It is there for
+        #: concrete-python 2.10, whose ``round_bit_pattern`` mis-rounds signed values when it widens the result
+        #: to protect it from overflowing (-25 with 5 bits removed gives -64 instead of -32, in simulation and
+        #: on ciphertexts); non-negative values round right.
+        self.projection_offsets: dict[str, int] = dict.fromkeys(PROJECTED, 0)
         self.quantizers: dict[str, Quantizer] = {
             name: Quantizer(self.n_bits, name=name) for name in self.quantizer_names
         }
         self.drop_bits: dict[str, int] = dict.fromkeys(self.product_steps, 0)
         self.product_bits: dict[str, int] = {}
         self._observed: dict[str, int] | None = None  # set while fitting drop_bits
+        self._lowest: dict[str, int] | None = None  # the accumulators' smallest and largest integers, meanwhile
+        self._highest: dict[str, int] | None = None
 
     def _check_rounding_bits(self, bits: int | None, name: str, what: str) -> int | None:
         if bits is None:
@@ -255,11 +265,13 @@ class QuantizedHead:
         if self.weight_scales == "aligned":
             self._align_projection()
         self._observed = dict.fromkeys((*self.product_steps, *PROJECTED), 1)
+        self._lowest, self._highest = dict.fromkeys(PROJECTED, 0), dict.fromkeys(PROJECTED, 0)
         try:
             for x in inputs:
                 self.run(x)
         finally:
             observed, self._observed = self._observed, None
+            (lowest, self._lowest), (highest, self._highest) = (self._lowest, None), (self._highest, None)
         self.projection_accumulator_bits = {name: observed.pop(name) for name in PROJECTED}
         self.product_bits = observed
         if self.lookup_bits is not None:
@@ -268,6 +280,11 @@ class QuantizedHead:
             self.projection_drop_bits = {
                 name: max(0, bits - self.projection_bits) for name, bits in self.projection_accumulator_bits.items()
             }
+        for name in PROJECTED:
+            if self.projection_drop_bits[name]:
+                self.projection_offsets[name] = _centering_offset(
+                    lowest[name], highest[name], 2 ** self.projection_drop_bits[name]
+                )
 
     def _align_projection(self) -> None:
         """Re-quantize q, k, v's weights so that each accumulator's rounding lands on its quantizer's grid.
@@ -298,6 +315,9 @@ class QuantizedHead:
     def _observe(self, name: str, value: DualArray) -> DualArray:
         if self._observed is not None:
             self._observed[name] = max(self._observed[name], value.bit_width())
+            if name in PROJECTED:
+                self._lowest[name] = min(self._lowest[name], int(np.min(value.int)))
+                self._highest[name] = max(self._highest[name], int(np.max(value.int)))
         return value
 
     # -- the computation, once -------------------------------------------------------------------
@@ -335,8 +355,10 @@ class QuantizedHead:
             ]
         out = []
         for name, accumulator in zip(PROJECTED, accumulators, strict=True):
-            rounded = self._observe(name, accumulator).requantize(
-                qz[name], round_lsbs=self.projection_drop_bits[name], exact=self.exact_projection_rounding
+            rounded = (
+                self._observe(name, accumulator)
+                .shifted(self.projection_offsets[name])
+                .requantize(qz[name], round_lsbs=self.projection_drop_bits[name], exact=self.exact_projection_rounding)
             )
             out.append(keep_step(name, rounded))  # (T, d)
         return tuple(out)
@@ -383,6 +405,16 @@ class QuantizedHead:
         record: list[tuple[str, DualArray]] = []
         self(self.quantize_input(x), record=record)
         return record
+
+
+def _centering_offset(low: int, high: int, unit: int) -> int:
+    """A multiple of ``unit`` that moves ``[low, high]`` into the middle of ``[0, 2**b - 1]``, the non-negative
+    integers of the fewest bits ``b`` that hold it with at least half its span (and one ``unit``) of room, for
+    new data outside the calibration's range: about as wide as the signed integers of ``[low, high]``."""
+    span = high - low
+    top = 2 ** (span + span // 2 + unit).bit_length() - 1
+    offset = ((top - span) // 2 - low) // unit * unit
+    return offset if low + offset >= 0 else offset + unit
 
 
 def _recorder(record: list[tuple[str, DualArray]] | None):

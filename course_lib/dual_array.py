@@ -348,19 +348,78 @@ class DualArray:
         in its table, and the products are rounded to ``2**(r - 1)`` times their scale.
         """
         drop_bits = _check_drop_bits(drop_bits)
-        offset = 0
-        if self.params is not None:
-            # Square a - offset, with the offset in the middle of the quantizer's range:
-            # probabilities 0..15 become -8..7, and (a + b) stays one bit narrower.
-            # A multiple of 2**(drop_bits - 1) keeps the correction terms whole (see multiply).
-            middle = (self.params.qmin + self.params.qmax) / 2 - self.zero_point
-            step = 2 ** max(drop_bits - 1, 0)
-            offset = int(np.floor(middle / step + 0.5)) * step
-        out = self._layout(lambda a: a)
+        offset = self._square_offset(drop_bits)
         squares = None
         if self.int is not None:
             squares = fhe.univariate(_rounded_square(drop_bits))(_minus(self._centered(), offset))
-        out.squares = (drop_bits, offset, squares)
+        return self.carrying_squares(drop_bits, squares)
+
+    def carrying_squares(self, drop_bits: int, squares: Any) -> DualArray:
+        """The same values carrying ``squares``, already computed by :meth:`with_squares` (no lookup).
+
+        For squares kept from an earlier run, such as a KV cache's (:mod:`course_lib.layer`): ``squares``
+        must be the integers ``with_squares(drop_bits)`` computed for these values (``None`` in float mode).
+        """
+        drop_bits = _check_drop_bits(drop_bits)
+        if (squares is None) != (self.int is None) or (squares is not None and tuple(squares.shape) != self.shape):
+            raise ShapeMismatchError(
+                f"carrying_squares: expected integer squares of shape {self.shape} (None without integers), "
+                f"got {None if squares is None else tuple(squares.shape)}"
+            )
+        out = self._layout(lambda a: a)
+        out.squares = (drop_bits, self._square_offset(drop_bits), squares)
+        return out
+
+    def _square_offset(self, drop_bits: int) -> int:
+        """What :meth:`with_squares` subtracts before squaring: the middle of the quantizer's range.
+
+        Probabilities 0..15 become -8..7, so that ``a + b`` stays one bit narrower. A multiple of
+        ``2**(drop_bits - 1)`` keeps the correction terms whole (see :meth:`multiply`).
+        """
+        if self.params is None:
+            return 0
+        middle = (self.params.qmin + self.params.qmax) / 2 - self.zero_point
+        step = 2 ** max(drop_bits - 1, 0)
+        return int(np.floor(middle / step + 0.5)) * step
+
+    def append(self, other: DualArray, axis: int = 0) -> DualArray:
+        """``self`` and ``other`` joined along ``axis`` (0: rows, 1: columns) of 2-D arrays (free in FHE: no lookup).
+
+        Both must have the same quantization parameters (e.g. the cached keys of earlier tokens and the
+        new token's key); squares they both carry at the same ``drop_bits`` are joined alike. For tracers
+        the parts are moved into place by products with clear 0/1 matrices (see :meth:`take`).
+        """
+        self._check_same_mode(other, "append")
+        if axis not in (0, 1) or self.ndim != 2 or other.ndim != 2 or self.shape[1 - axis] != other.shape[1 - axis]:
+            raise ShapeMismatchError(
+                f"append: joins 2-D arrays along axis 0 or 1 with the other axis equal, got shapes {self.shape} "
+                f"and {other.shape} along axis {axis!r}"
+            )
+        if (self.params, self.scale, self.zero_point) != (other.params, other.scale, other.zero_point):
+            raise ValueError("append: both arrays must have the same scale and zero point (come out of one quantizer)")
+        n, m = self.shape[axis], other.shape[axis]
+        first = np.zeros((n + m, n), dtype=np.int64)
+        first[np.arange(n), np.arange(n)] = 1
+        second = np.zeros((n + m, m), dtype=np.int64)
+        second[n + np.arange(m), np.arange(m)] = 1
+
+        def join(a: Any, b: Any) -> Any:
+            if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+                return np.concatenate((a, b), axis=axis)
+            if axis == 0:
+                return _rows_product(first, a) + _rows_product(second, b)
+            return a @ first.T + b @ second.T
+
+        out = self._new(
+            None if self.float is None else np.concatenate((self.float, other.float), axis=axis),
+            None if self.int is None else join(self.int, other.int),
+            params=self.params,
+        )
+        if self.squares is not None and other.squares is not None:
+            if self.squares[:2] != other.squares[:2]:
+                raise ValueError("append: the two arrays carry squares rounded differently")
+            squares = None if self.int is None else join(self.squares[2], other.squares[2])
+            out.squares = (*self.squares[:2], squares)
         return out
 
     def __mul__(self, other: DualArray | float | int) -> DualArray:
@@ -391,6 +450,20 @@ class DualArray:
                 theirs = fhe.univariate(lambda q: np.rint(q * ratio).astype(np.int64))(theirs)
             int_out = self._centered() + theirs if sign > 0 else self._centered() - theirs
         return self._new(float_out, int_out, zero_point=0)
+
+    def shifted(self, offset: int) -> DualArray:
+        """The same reals with ``offset`` added to the integers and to the zero point (free in FHE).
+
+        E.g. to make an accumulator non-negative before :meth:`apply` rounds it (see
+        :class:`~course_lib.attention.QuantizedHead`'s ``projection_offsets``).
+        """
+        if isinstance(offset, bool) or not isinstance(offset, int | np.integer):
+            raise ValueError(f"shift the integers by an integer, got {offset!r}")
+        if not offset:
+            return self
+        return self._new(
+            self.float, None if self.int is None else self.int + int(offset), zero_point=self.zero_point + int(offset)
+        )
 
     def __add__(self, other: DualArray) -> DualArray:
         """Sum; operands on different scales are brought onto the first one's scale by a lookup."""
@@ -727,6 +800,26 @@ def _rows_product(matrix: np.ndarray, a: Any) -> Any:
     if len(a.shape) == 1:
         return (matrix @ a.reshape((a.shape[0], 1))).reshape((matrix.shape[0],))
     return matrix @ a
+
+
+def side_by_side(blocks: Sequence[Any], width: int) -> Any:
+    """Blocks ``(T, width)`` side by side, ``(T, len(blocks) * width)`` (free in FHE: no lookup).
+
+    For tracers each block is moved into place by a product with a clear 0/1 matrix and the results are
+    added: this avoids ``np.concatenate`` of encrypted values, which concrete-python 2.10 can fail to
+    compile (see :meth:`DualArray.take`).
+    """
+    if all(isinstance(b, np.ndarray) for b in blocks):
+        return np.concatenate(blocks, axis=1)
+    if len(blocks) == 1:
+        return blocks[0]
+    total, joined = len(blocks) * width, None
+    for h, block in enumerate(blocks):
+        placement = np.zeros((width, total), dtype=np.int64)
+        placement[np.arange(width), h * width + np.arange(width)] = 1
+        placed = block @ placement
+        joined = placed if joined is None else joined + placed
+    return joined
 
 
 def _rounded_square(shift: int) -> Callable[[np.ndarray], np.ndarray]:

@@ -150,8 +150,15 @@ class FastHead(QuantizedHead):
         self.one_lookup_products = bool(one_lookup_products)
 
     def _operand(self, x: DualArray, step: str) -> DualArray:
-        """``x`` ready for the products of ``step``: carrying its squares (change 2), or as it is."""
-        return x.with_squares(self.drop_bits[step]) if self.one_lookup_products else x
+        """``x`` ready for the products of ``step``: carrying its squares (change 2), or as it is.
+
+        Squares ``x`` already carries for this step (a KV cache's: :mod:`course_lib.layer`) are kept.
+        """
+        if not self.one_lookup_products:
+            return x
+        if x.squares is not None and x.squares[0] == self.drop_bits[step]:
+            return x
+        return x.with_squares(self.drop_bits[step])
 
     def attend(
         self, q: DualArray, k: DualArray, v: DualArray, record: list[tuple[str, DualArray]] | None = None

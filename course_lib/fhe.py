@@ -55,7 +55,7 @@ from concrete import fhe
 
 from .attention import QuantizedHead
 from .contract import CIRCUIT_INPUTS, SCOPE_INPUTS, SCOPES, SERVER_FILE, CircuitDescription
-from .dual_array import DualArray
+from .dual_array import DualArray, side_by_side
 from .environment import memory_capped
 from .keys import circuit_fingerprint
 from .quantization import QuantParams
@@ -377,22 +377,8 @@ class HeadCircuit:
         return head_columns(a, len(self.heads), self.head_dim)
 
     def _joined(self, blocks):
-        """The heads' blocks side by side, ``(T, n_heads * head_dim)``.
-
-        Each block is moved into place by a product with a clear 0/1 matrix and the results
-        are added: free in FHE, and it avoids ``np.concatenate`` of encrypted values, which
-        concrete-python 2.10 can fail to compile (see :meth:`DualArray.take`).
-        """
-        if len(blocks) == 1:
-            return blocks[0]
-        d, width = self.head_dim, len(blocks) * self.head_dim
-        joined = None
-        for h, block in enumerate(blocks):
-            placement = np.zeros((d, width), dtype=np.int64)
-            placement[np.arange(d), h * d + np.arange(d)] = 1
-            placed = block @ placement
-            joined = placed if joined is None else joined + placed
-        return joined
+        """The heads' blocks side by side, ``(T, n_heads * head_dim)`` (:func:`~course_lib.dual_array.side_by_side`)."""
+        return side_by_side(blocks, self.head_dim)
 
     def _run_heads(self, *inputs) -> list[DualArray]:
         """Every head's part of the circuit on the integers (NumPy or tracers): its
