@@ -286,6 +286,12 @@ class QuantizedHead:
                     lowest[name], highest[name], 2 ** self.projection_drop_bits[name]
                 )
 
+    @property
+    def rounds_projection_exactly(self) -> bool:
+        """True if FHE computes q, k, v exactly as the clear integers: nothing is rounded, or it is rounded
+        exactly (``exact_projection_rounding``). False when an accumulator is rounded approximately."""
+        return self.exact_projection_rounding or not any(self.projection_drop_bits.values())
+
     def _align_projection(self) -> None:
         """Re-quantize q, k, v's weights so that each accumulator's rounding lands on its quantizer's grid.
 

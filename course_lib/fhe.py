@@ -615,9 +615,7 @@ class HeadCircuit:
         random, in simulation and on ciphertexts alike, so that a q, k or v integer can be one off
         the clear one; everything after them is exact.
         """
-        return self.scope == "attention" or all(
-            h.exact_projection_rounding or not any(h.projection_drop_bits.values()) for h in self.heads
-        )
+        return self.scope == "attention" or all(h.rounds_projection_exactly for h in self.heads)
 
     def timed_execute(self, *inputs: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         """As :meth:`execute`, with the seconds spent encrypting, running and decrypting."""

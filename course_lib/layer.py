@@ -23,8 +23,9 @@ computes one step on :class:`~course_lib.dual_array.DualArray`, the same code in
   client decrypts it and multiplies by its scale: it never needs ``c_proj``'s weights.
 
 Per step at ``T`` tokens, ``n_embd = H d``, PBS: ``3 n_embd`` (q, k, v) ``+ 3 n_embd`` (their squares)
-``+ H (2 T d + 3 T + T - 1 + 1)`` (products, softmax, probabilities' squares) ``+ n_embd`` (output):
-linear in ``T``, where recomputing the whole sequence costs ``T**2``.
+``+ H T (2 d + 4)`` (per cached token and head: ``2 d`` products, a step of the max chain, two ``exp`` and
+the square of its probability; the log of the sum makes up for the chain's missing step) ``+ n_embd``
+(output): linear in ``T``, where recomputing the whole sequence costs ``T**2``.
 
 :class:`KVCache` holds, per head, the keys and values of the tokens so far with their squares. On the
 server (:class:`course_lib.layer_circuit.LayerCircuit`) they are ciphertexts that never leave it.

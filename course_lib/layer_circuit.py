@@ -6,15 +6,20 @@ whose encrypted outputs can be the inputs of another function (*composition*). F
 computes the ``T``-th token of a sequence:
 
 - ``step_1(x)``: the first token, no cache;
-- ``step_T(x, k, k_squares, v, v_squares)`` for ``T > 1``: the new token's ``x`` ``(1, n_embd)`` and the
-  cache of the ``T - 1`` earlier tokens (:data:`course_lib.layer.CACHE_ARRAYS`, ``(T - 1, n_embd)`` each);
+- ``step_T(x, k_1, k_squares_1, v_1, v_squares_1, ..., v_squares_{T-1})`` for ``T > 1``: the new token's
+  ``x`` ``(1, n_embd)`` and, for each earlier token ``j``, the four rows ``(1, n_embd)`` the cache keeps of
+  it (:data:`course_lib.layer.CACHE_ARRAYS`);
 
-and each returns the layer's output row ``(1, n_embd)`` (``c_proj``'s accumulator) and the cache with the
-new token, ``(T, n_embd)`` each. Only ``x`` comes from the client. The cache outputs of ``step_T`` are
-*wired* to the cache inputs of ``step_{T+1}`` (``fhe.Wired``): the compiler encodes both ends alike, so
-the server feeds one function's encrypted outputs to the next without the client. So the server keeps
-each session's cache, as ciphertexts it cannot read, and the client sends one row per token: the bytes
-sent per step stay flat while the PBS per step grow linearly with ``T``.
+and each returns the layer's output row ``(1, n_embd)`` (``c_proj``'s accumulator) and its own token's four
+rows. Only ``x`` comes from the client. The rows ``step_j`` returns are *wired* (``fhe.Wired``) to their
+place in the inputs of every later step: the compiler encodes both ends alike, so the server feeds one
+function's encrypted outputs to the next without the client. So the server keeps each session's cache, as
+ciphertexts it cannot read, and the client sends one row per token: the bytes sent per step stay flat while
+the PBS per step grow linearly with ``T``.
+
+Each token's rows are the output of exactly one step, fresh from its lookups. Passing the whole cache
+through every step (append inside, return the longer cache) does not compile: concrete refuses to compose
+a function whose output carries noise "coming straight from the input", which would grow from step to step.
 
 Wiring only the pairs that meet (rather than ``fhe.AllComposable``) keeps every function free to choose
 its own encodings elsewhere: composing everything with everything would force every input and output to
@@ -205,7 +210,7 @@ class LayerCircuit:
     @property
     def is_exact(self) -> bool:
         """True if simulation and execution give exactly the clear integers (see the module docstring)."""
-        return all(h.exact_projection_rounding or not any(h.projection_drop_bits.values()) for h in self.layer.heads)
+        return all(h.rounds_projection_exactly for h in self.layer.heads)
 
     # -- what it costs -----------------------------------------------------------------------------
     def pbs_per_step(self) -> dict[int, int]:
