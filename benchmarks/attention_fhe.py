@@ -65,7 +65,7 @@ from course_lib.dual_array import DualArray
 from course_lib.evaluation import float_top1, sweep_topk_agreement, topk_agreement, topk_predictions
 from course_lib.fhe import (
     DEFAULT_PROJECTION,
-    SCOPES,
+    HEAD_SCOPES,
     HeadCircuit,
     NoParametersError,
     configuration,
@@ -188,7 +188,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-bits", type=int, nargs="+", default=[4, 5, 6, 7], help="activation bits")
     parser.add_argument("--designs", nargs="+", default=["published", "fast"], choices=["published", "fast"])
     parser.add_argument(
-        "--scopes", nargs="+", default=list(SCOPES), choices=SCOPES, help="what the circuit starts from"
+        "--scopes", nargs="+", default=list(HEAD_SCOPES), choices=HEAD_SCOPES, help="what the circuit starts from"
     )
     parser.add_argument(
         "--execute-n-bits", type=int, nargs="*", default=[4], help="n_bits whose circuits also run encrypted"

@@ -5,9 +5,16 @@
 ...         out, stats = remote.run(*circuit.encode(x))          # ciphertexts both ways
 ...         print(stats)
 
+A whole layer (:class:`~course_lib.layer_circuit.LayerCircuit`) runs one token per request, the
+server keeping the session's encrypted KV cache:
+
+>>> with ServerProcess(layer_circuit) as server:                 # doctest: +SKIP
+...     with RemoteLayer(server.url, layer_circuit) as remote:
+...         y, stats = remote.step(layer_circuit.encode(x_new))  # the next token's x only
+
 What crosses the connection, and only that: the *evaluation* keys (once per session)
-and ciphertexts. :attr:`RemoteHead.sent` keeps every request body, so a test can
-check that no secret key is among them.
+and ciphertexts. :attr:`RemoteHead.sent` (and :attr:`RemoteLayer.sent`) keeps every
+request body, so a test can check that no secret key is among them.
 """
 
 from __future__ import annotations
@@ -26,9 +33,21 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from .contract import CIRCUIT, CLOSE_SESSION, HEALTH, OPEN_SESSION, RUN, CircuitDescription, DescriptionError, Route
+from .contract import (
+    CIRCUIT,
+    CLOSE_SESSION,
+    FORGET,
+    HEALTH,
+    OPEN_SESSION,
+    RUN,
+    STEP,
+    CircuitDescription,
+    DescriptionError,
+    Route,
+)
 from .environment import memory_capped
 from .fhe import HeadCircuit
+from .layer_circuit import LayerCircuit
 from .transport import pack
 
 #: Seconds to wait for a server to answer a connection attempt (runs may take much longer).
@@ -118,7 +137,7 @@ def _release(process: subprocess.Popen | _ServerThread, log) -> None:
 
 
 class ServerProcess:
-    """``python -m course_lib.server`` on localhost, in a child process, serving ``circuit``.
+    """``python -m course_lib.server`` on localhost, in a child process, serving ``circuit`` (a head or a layer).
 
     The child process ends with this one: it is started with ``--parent-pid`` and a pipe as its
     standard input, whose write end only this process holds, and exits when the pipe closes or when
@@ -132,7 +151,7 @@ class ServerProcess:
     its own copy of the evaluation keys over HTTP and never sees a secret key.
 
     Args:
-        circuit: the compiled head; only its server artifact is written for the server.
+        circuit: the compiled head or layer; only its server artifact is written for the server.
         folder: where to write the artifact (default: a temporary folder).
         port: the port (default: a free one).
         startup_timeout: seconds to wait for the server to answer :data:`~course_lib.contract.HEALTH`.
@@ -143,7 +162,7 @@ class ServerProcess:
 
     def __init__(
         self,
-        circuit: HeadCircuit,
+        circuit: HeadCircuit | LayerCircuit,
         folder: str | Path | None = None,
         port: int | None = None,
         startup_timeout=60.0,
@@ -212,20 +231,17 @@ class ServerProcess:
         self.stop()
 
 
-class RemoteHead:
-    """A session with a head server: the circuit's keys stay here, ciphertexts go there.
+class _Remote:
+    """A session with a server: check that it runs the client's circuit, send the evaluation keys, then requests.
 
-    Args:
-        url: the server's base URL.
-        circuit: the same compiled head the server runs, with its keys generated or loaded
-            (:func:`course_lib.keys.ensure_keys`).
+    ``compiled`` is concrete's circuit or module, whose keys must be generated or loaded; ``length``
+    is the client's compiled length, for the message when the server runs another circuit.
     """
 
-    def __init__(self, url: str, circuit: HeadCircuit) -> None:
-        if not circuit.circuit.keys.are_generated:
-            raise RuntimeError("the circuit has no keys: call course_lib.keys.ensure_keys(circuit.circuit) first")
+    def __init__(self, url: str, compiled, fingerprint: str, length: int, keys_call: str) -> None:
+        if not compiled.keys.are_generated:
+            raise RuntimeError(f"the circuit has no keys: call course_lib.keys.ensure_keys({keys_call}) first")
         self.url = url.rstrip("/")
-        self.circuit = circuit
         self.sent: list[bytes] = []  # every request body, for inspection
         self.session: str | None = None
         try:
@@ -235,12 +251,12 @@ class RemoteHead:
             raise ServerError(
                 f"the server at {self.url} did not answer with a valid circuit description: {error}"
             ) from None
-        if self.description.fingerprint != circuit.fingerprint:
+        if self.description.fingerprint != fingerprint:
             raise ServerError(
                 f"the server runs circuit {self.description.fingerprint} (length {self.description.length}), this "
-                f"client has {circuit.fingerprint} (length {circuit.length}): start the server with this circuit"
+                f"client has {fingerprint} (length {length}): start the server with this circuit"
             )
-        keys = pack([circuit.circuit.keys.evaluation.serialize()])
+        keys = pack([compiled.keys.evaluation.serialize()])
         self.evaluation_key_bytes = len(keys)
         self.session = self._request(OPEN_SESSION, keys).json()["session"]
 
@@ -261,6 +277,34 @@ class RemoteHead:
             raise ServerError(f"the server answered {response.status_code}: {detail}")
         return response
 
+    def close(self) -> None:
+        """End the session (the server forgets the evaluation keys, and a layer's cached tokens)."""
+        if self.session is not None:
+            try:
+                self._request(CLOSE_SESSION, session=self.session)
+            finally:
+                self.session = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RemoteHead(_Remote):
+    """A session with a head server: the circuit's keys stay here, ciphertexts go there.
+
+    Args:
+        url: the server's base URL.
+        circuit: the same compiled head the server runs, with its keys generated or loaded
+            (:func:`course_lib.keys.ensure_keys`).
+    """
+
+    def __init__(self, url: str, circuit: HeadCircuit) -> None:
+        self.circuit = circuit
+        super().__init__(url, circuit.circuit, circuit.fingerprint, circuit.length, "circuit.circuit")
+
     def send(self, message: bytes) -> bytes:
         """Send an already framed message to this session's :data:`~course_lib.contract.RUN` route; the raw answer."""
         return self._request(RUN, message, session=self.session).content
@@ -279,16 +323,66 @@ class RemoteHead:
         decrypt_seconds = time.perf_counter() - start
         return out, RunStats(len(message), len(answer), encrypt_seconds, server_seconds, decrypt_seconds)
 
-    def close(self) -> None:
-        """End the session (the server forgets the evaluation keys)."""
-        if self.session is not None:
-            try:
-                self._request(CLOSE_SESSION, session=self.session)
-            finally:
-                self.session = None
 
-    def __enter__(self) -> RemoteHead:
-        return self
+class RemoteLayer(_Remote):
+    """A session with a layer server: one token per request, the encrypted KV cache kept by the server.
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    The client encrypts and sends each token's ``x`` only, ``(1, n_embd)`` integers from
+    :meth:`LayerCircuit.encode <course_lib.layer_circuit.LayerCircuit.encode>`; the server runs the step of
+    that token's position on it and on the session's cached rows, keeps the new token's rows, and
+    answers with the encrypted output row. The bytes sent per token stay the same at every length.
+
+    Args:
+        url: the server's base URL.
+        circuit: the same compiled layer the server runs, with its keys generated or loaded
+            (:func:`course_lib.keys.ensure_keys` of ``circuit.module``).
+    """
+
+    def __init__(self, url: str, circuit: LayerCircuit) -> None:
+        self.circuit = circuit
+        #: The tokens of the current sequence the server holds in this session's cache.
+        self.tokens = 0
+        super().__init__(url, circuit.module, circuit.fingerprint, circuit.max_tokens, "circuit.module")
+
+    def step(self, x: np.ndarray) -> tuple[np.ndarray, RunStats]:
+        """The next token: encrypt its integers ``x`` ``(1, n_embd)`` here, run the layer's step on the server,
+        decrypt its output integers ``(1, n_embd)`` here.
+
+        Raises:
+            ValueError: ``x`` has the wrong shape or range, or the sequence is already ``max_tokens`` long
+                (checked before anything is encrypted; :meth:`forget` starts another sequence).
+        """
+        position = self.tokens + 1
+        start = time.perf_counter()
+        message = self.circuit.encrypt_step(x, position)
+        encrypt_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        answer = self._request(STEP, message, session=self.session, position=str(position)).content
+        server_seconds = time.perf_counter() - start
+        self.tokens = position
+        start = time.perf_counter()
+        out = self.circuit.decrypt_step(answer, position)
+        decrypt_seconds = time.perf_counter() - start
+        return out, RunStats(len(message), len(answer), encrypt_seconds, server_seconds, decrypt_seconds)
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, list[RunStats]]:
+        """A whole sequence ``(T, n_embd)`` from its first token (the server's cache is emptied first):
+        the output integers ``(T, n_embd)`` and each step's statistics."""
+        x = np.asarray(x)
+        if x.ndim != 2:
+            raise ValueError(f"run takes the integers of a sequence, shape (T, {self.circuit.n_embd}), got {x.shape}")
+        if self.tokens:
+            self.forget()
+        rows, stats = [], []
+        for t in range(len(x)):
+            y, s = self.step(x[t : t + 1])
+            rows.append(y)
+            stats.append(s)
+        return np.concatenate(rows), stats
+
+    def forget(self) -> int:
+        """Start another sequence: the server forgets this session's cached tokens (it keeps the keys).
+        Returns how many it held."""
+        forgotten = self._request(FORGET, session=self.session).json()["forgotten"]
+        self.tokens = 0
+        return forgotten

@@ -12,11 +12,17 @@ other module may import this one.
 - :data:`OPEN_SESSION`: ``POST`` the client's *evaluation* keys (framed by
   :func:`course_lib.transport.pack`), answered with a session id;
 - :data:`CLOSE_SESSION`: ``DELETE`` a session, the server forgets its keys;
-- :data:`RUN`: ``POST`` a session's framed ciphertexts, answered with the framed encrypted output.
+- :data:`RUN`: ``POST`` a session's framed ciphertexts, answered with the framed encrypted output
+  (a head's circuit, scopes :data:`HEAD_SCOPES`);
+- :data:`STEP`: ``POST`` the framed ciphertext of one token's ``x`` to a layer server (scope
+  :data:`LAYER_SCOPE`), answered with the framed encrypted output row; the server keeps the token's
+  encrypted keys and values in the session's cache for the next steps;
+- :data:`FORGET`: ``DELETE`` a layer session's cached tokens, to start another sequence with the same keys.
 
 **Artifact** (written by :meth:`HeadCircuit.save_server <course_lib.fhe.HeadCircuit.save_server>`,
-read by the server): :data:`SERVER_FILE`, concrete's compiled circuit (no keys), and
-:data:`CIRCUIT_FILE`, its :class:`CircuitDescription` in JSON.
+read by the server): :data:`SERVER_FILE`, concrete's compiled circuit or module (no keys), and
+:data:`CIRCUIT_FILE`, its :class:`CircuitDescription` in JSON. A layer's module has one function per
+sequence length, named by :func:`layer_function`.
 """
 
 from __future__ import annotations
@@ -37,15 +43,33 @@ CIRCUIT_FILE = "circuit.json"
 #: The encrypted inputs of a circuit of scope ``"attention"``, in order: ``q, k, v``.
 CIRCUIT_INPUTS: tuple[str, ...] = ("q", "k", "v")
 
-#: What a circuit computes on the server, from what it receives:
+#: What a head's circuit computes on the server, from what it receives:
 #: ``"attention"``: scores, softmax and weighted values from the client's encrypted ``q, k, v``
 #: (the client projects with the head's weights); ``"projection+attention"``: the same from the
 #: client's encrypted attention input ``x``, the projection's weights being clear constants of the
 #: circuit (the server's, never the client's).
-SCOPES: tuple[str, ...] = ("attention", "projection+attention")
+HEAD_SCOPES: tuple[str, ...] = ("attention", "projection+attention")
+#: A whole attention layer, one token per step: from the client's encrypted ``x`` of the new token,
+#: every head's projection, attention over the session's encrypted KV cache, and ``c_proj``. The
+#: server keeps the cache between steps (:data:`STEP`).
+LAYER_SCOPE = "layer"
+#: Every scope a server may run.
+SCOPES: tuple[str, ...] = (*HEAD_SCOPES, LAYER_SCOPE)
 
-#: The encrypted inputs of each scope, in order.
-SCOPE_INPUTS: dict[str, tuple[str, ...]] = {"attention": CIRCUIT_INPUTS, "projection+attention": ("x",)}
+#: The encrypted inputs of each scope, in order (a layer's cached rows come from the server's own cache).
+SCOPE_INPUTS: dict[str, tuple[str, ...]] = {
+    "attention": CIRCUIT_INPUTS,
+    "projection+attention": ("x",),
+    LAYER_SCOPE: ("x",),
+}
+
+#: The name of a layer module's function that computes the ``position``-th token of a sequence.
+LAYER_FUNCTION = "step_{position}"
+
+
+def layer_function(position: int) -> str:
+    """The layer module's function for the token at ``position`` (1-based): ``step_1``, ``step_2``, ..."""
+    return LAYER_FUNCTION.format(position=position)
 
 
 # -- the routes ------------------------------------------------------------------------------------
@@ -83,11 +107,17 @@ CIRCUIT = Route("GET", "/circuit")
 OPEN_SESSION = Route("POST", "/sessions")
 #: The server forgets the session and its evaluation keys. Answer: ``{"closed": id}``.
 CLOSE_SESSION = Route("DELETE", "/sessions/{session}")
-#: Body: the framed ciphertexts of the circuit's inputs. Answer: the framed encrypted output.
+#: Body: the framed ciphertexts of the circuit's inputs. Answer: the framed encrypted output. (Head servers.)
 RUN = Route("POST", "/sessions/{session}/run")
+#: Body: the framed ciphertext of the ``x`` of the token at ``position`` (1-based), which must be the
+#: session's next one. Answer: the framed encrypted output row. (Layer servers.)
+STEP = Route("POST", "/sessions/{session}/tokens/{position}")
+#: The server forgets the session's cached tokens (not its keys): the next step is position 1.
+#: Answer: ``{"forgotten": <tokens>}``. (Layer servers.)
+FORGET = Route("DELETE", "/sessions/{session}/tokens")
 
 #: Every route, for a server to register and a reader to list.
-ROUTES: tuple[Route, ...] = (HEALTH, CIRCUIT, OPEN_SESSION, CLOSE_SESSION, RUN)
+ROUTES: tuple[Route, ...] = (HEALTH, CIRCUIT, OPEN_SESSION, CLOSE_SESSION, RUN, STEP, FORGET)
 
 
 # -- the circuit's description ---------------------------------------------------------------------
@@ -104,11 +134,11 @@ class CircuitDescription:
     """
 
     fingerprint: str  # the compiled circuit's (course_lib.keys.circuit_fingerprint): client and server must agree
-    length: int  # the compiled sequence length, tokens
+    length: int  # the compiled sequence length, tokens (a layer: the longest sequence its steps reach)
     scope: str  # what the circuit computes from what: one of SCOPES
     inputs: tuple[str, ...]  # the encrypted inputs, in the order the server receives them: SCOPE_INPUTS[scope]
-    input_shape: tuple[int, int]  # (length, columns) of each input; a generation step's q has `queries` rows
-    queries: int  # the circuit outputs the last `queries` tokens' rows (length: every row)
+    input_shape: tuple[int, int]  # (rows, columns) of each input: `length` rows (a layer: 1, one token per step)
+    queries: int  # the circuit outputs the last `queries` tokens' rows (length: every row; a layer: 1)
     heads: int  # attention heads side by side in the circuit
     n_bits: int  # bits of the heads' activation quantizers
     input_bytes: int | None = None  # the encrypted inputs' size, as the compiler counts it (None: not recorded)
@@ -139,9 +169,13 @@ class CircuitDescription:
             )
         for value in shape:
             _check_positive("input_shape", value)
-        if shape[0] != self.length:
+        rows = 1 if self.scope == LAYER_SCOPE else self.length
+        if shape[0] != rows:
+            what = "1 row for scope 'layer' (one token per step)" if rows == 1 else f"length={rows} rows"
+            raise DescriptionError(f"the circuit description's 'input_shape' must have {what}, got {list(shape)}")
+        if self.scope == LAYER_SCOPE and self.queries != 1:
             raise DescriptionError(
-                f"the circuit description's 'input_shape' must have length={self.length} rows, got {list(shape)}"
+                f"the circuit description's 'queries' must be 1 for scope 'layer', got {self.queries}"
             )
         if self.queries > self.length:
             raise DescriptionError(

@@ -6,7 +6,7 @@ learns the range of every intermediate value from an *inputset* (the calibration
 quantized), picks each value's bit width and the cryptographic parameters, and turns every
 table lookup and every encrypted x encrypted product into programmable bootstraps (PBS).
 
-**What is encrypted.** Two scopes (:data:`SCOPES`). In ``"attention"`` the client runs GPT-2
+**What is encrypted.** Two scopes (:data:`~course_lib.contract.HEAD_SCOPES`). In ``"attention"`` the client runs GPT-2
 up to the head, computes ``q, k, v`` with :meth:`QuantizedHead.project` (clear weights, each token
 on its own), quantizes and encrypts them; the server computes the scores, the causal softmax and the
 weighted sum of values on ciphertexts: everything in the head that mixes tokens. In
@@ -54,7 +54,7 @@ import numpy as np
 from concrete import fhe
 
 from .attention import QuantizedHead
-from .contract import CIRCUIT_INPUTS, SCOPE_INPUTS, SCOPES, SERVER_FILE, CircuitDescription
+from .contract import CIRCUIT_INPUTS, HEAD_SCOPES, SCOPE_INPUTS, SERVER_FILE, CircuitDescription
 from .dual_array import DualArray, side_by_side
 from .environment import memory_capped
 from .keys import circuit_fingerprint
@@ -104,6 +104,17 @@ def keep_exit_status(status: int) -> None:
         os._exit(status)
 
     atexit.register(end_with_status)
+
+
+def save_artifact(folder: str | Path, server: fhe.Server, description: CircuitDescription) -> Path:
+    """Write a server artifact into ``folder`` (created if needed): concrete's ``server`` (compiled, no keys) as
+    :data:`~course_lib.contract.SERVER_FILE` and its ``description``; returns ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SERVER_FILE).unlink(missing_ok=True)
+    server.save(folder / SERVER_FILE)
+    description.save(folder)
+    return folder
 
 
 class SequenceLengthError(ValueError):
@@ -157,7 +168,7 @@ class CircuitSummary:
         output_bytes: size of one encrypted output.
         compile_seconds: wall time of the compilation.
         queries: how many of the last tokens the circuit computes the output of (``length``: all).
-        scope: what the circuit computes from what (one of :data:`SCOPES`).
+        scope: what the circuit computes from what (one of :data:`~course_lib.contract.HEAD_SCOPES`).
     """
 
     n_bits: int
@@ -243,7 +254,7 @@ def pad_rows(q: np.ndarray, length: int, fill: int | np.ndarray) -> np.ndarray:
     return np.concatenate((np.asarray(q, dtype=np.int64), padding))
 
 
-# CIRCUIT_INPUTS, SCOPES and SCOPE_INPUTS (what a circuit computes on the server, from what it
+# CIRCUIT_INPUTS, HEAD_SCOPES and SCOPE_INPUTS (what a circuit computes on the server, from what it
 # receives) are part of the client/server contract: defined in course_lib.contract, imported above.
 
 QKV = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -291,9 +302,9 @@ class HeadCircuit:
         queries: int | None = None,
         scope: str = "attention",
     ) -> None:
-        if scope not in SCOPES:
-            raise ValueError(f"scope must be one of {', '.join(map(repr, SCOPES))}, got {scope!r}")
-        #: What the circuit computes (one of :data:`SCOPES`), and its encrypted inputs.
+        if scope not in HEAD_SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(map(repr, HEAD_SCOPES))}, got {scope!r}")
+        #: What the circuit computes (one of :data:`~course_lib.contract.HEAD_SCOPES`), and its encrypted inputs.
         self.scope, self.input_names = scope, SCOPE_INPUTS[scope]
         self.heads: list[QuantizedHead] = [heads] if isinstance(heads, QuantizedHead) else list(heads)
         if not self.heads or not all(isinstance(h, QuantizedHead) for h in self.heads):
@@ -477,12 +488,7 @@ class HeadCircuit:
         keys in it); :data:`~course_lib.contract.CIRCUIT_FILE` is the circuit's :attr:`description`
         (fingerprint, inputs, shapes), which the server publishes and the client checks.
         """
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / SERVER_FILE).unlink(missing_ok=True)
-        self.circuit.server.save(folder / SERVER_FILE)
-        self.description.save(folder)
-        return folder
+        return save_artifact(folder, self.circuit.server, self.description)
 
     # -- inputs (the client's side) ----------------------------------------------------------------
     def encode(self, x: np.ndarray, *, pad: bool = True) -> tuple[np.ndarray, ...]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -121,7 +122,117 @@ class _PreviousRun:
         )
 
 
-class SwappedHead:
+class LayerHooks(ABC):
+    """What every swap into layer ``layer`` of a GPT-2 shares: a pre-hook on the attention that keeps its
+    input ``x``, one hook on ``c_proj`` (the subclass's), the layer's attention inputs for calibration, and
+    :meth:`remove`. Hugging Face's KV cache is turned off while attached (a swap reads the whole sequence).
+
+    Subclasses call :meth:`_hook` from their constructor and read ``self._x`` in their ``c_proj`` hook.
+    """
+
+    _mode: str
+    _what: str  # what the subclass swaps in, for messages: "head", "layer"
+
+    def _hook(self, model, layer: int, c_proj_hook: Callable[[torch.nn.Module], object]) -> None:
+        self.model, self.layer = model, int(layer)
+        self._x: torch.Tensor | None = None  # the attention input of the current forward pass
+        self._captured: list[np.ndarray] | None = None
+        attn = model.transformer.h[self.layer].attn
+        self._saved_use_cache = (model.config.use_cache, model.generation_config.use_cache)
+        model.config.use_cache = False
+        model.generation_config.use_cache = False
+        self._handles = [attn.register_forward_pre_hook(self._keep_input, with_kwargs=True), c_proj_hook(attn.c_proj)]
+
+    def _keep_input(self, module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if self._mode == "float" and self._captured is None:
+            return None
+        if hidden.shape[0] != 1:
+            raise ValueError(
+                f"a swapped {self._what} runs on a batch of one sequence, got a batch of {hidden.shape[0]}"
+            )
+        cache = kwargs.get("past_key_values")
+        if cache is not None and cache.get_seq_length() > 0:
+            raise RuntimeError(
+                f"the KV cache must be off while a {self._what} is swapped: call generate(..., use_cache=False)"
+            )
+        self._x = hidden
+        if self._captured is not None:
+            self._captured.append(hidden[0].detach().double().numpy())
+        return None
+
+    # -- mode ------------------------------------------------------------------------------------
+    _compile_call: str  # how to compile, for messages
+
+    @property
+    def mode(self) -> str:
+        """One of :data:`MODES` (see the module's docstring)."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}, got {mode!r}")
+        if mode != "float" and not self.is_calibrated:
+            raise RuntimeError(
+                f"calibrate the {self._what} before using mode {mode!r}: swap.calibrate(tokenizer, prompts)"
+            )
+        if mode in ("simulate", "execute") and self.circuit is None:
+            raise RuntimeError(f"compile the {self._what} before using mode {mode!r}: {self._compile_call}")
+        if mode == "execute" and self.remote is None:
+            self._check_keys()
+        self._mode = mode
+        self._restart()
+
+    @abstractmethod
+    def _check_keys(self) -> None:
+        """Raise a RuntimeError saying how to get the keys, if ``"execute"`` (in this process) lacks them."""
+
+    @abstractmethod
+    def _restart(self) -> None:
+        """Forget what the swap kept of the sequence run so far."""
+
+    # -- calibration inputs ------------------------------------------------------------------------
+    def attention_inputs(self, tokenizer, texts: Iterable[str]) -> list[np.ndarray]:
+        """The layer's attention inputs ``(T, n_embd)`` for each text, read by the float model.
+
+        Texts are encoded as the evaluation encodes passages: ``<|endoftext|>`` first,
+        cut to the model's context.
+        """
+        context = self.model.config.n_positions
+        ids = []
+        for text in texts:
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"calibration texts must be non-empty strings, got {text!r}")
+            ids.append(torch.tensor([encode_passage(tokenizer, text, context)]))
+        return [self.attention_input(one) for one in ids]
+
+    def attention_input(self, ids: torch.Tensor) -> np.ndarray:
+        """The layer's attention input ``(T, n_embd)`` for token ids ``(1, T)``, read by the float model."""
+        saved, self._mode, self._captured = self._mode, "float", []
+        try:
+            with torch.no_grad():
+                self.model(ids)
+            return self._captured[0]
+        finally:
+            self._mode, self._captured = saved, None
+
+    # -- lifetime ----------------------------------------------------------------------------------
+    def remove(self) -> None:
+        """Detach the hooks and restore the model's cache settings."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.model.config.use_cache, self.model.generation_config.use_cache = self._saved_use_cache
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+class SwappedHead(LayerHooks):
     """Head ``head`` of layer ``layer`` of a GPT-2, replaced by a quantized head.
 
     >>> swap = SwappedHead(model, layer=0, head=0, n_bits=4)
@@ -137,6 +248,9 @@ class SwappedHead:
     the whole sequence at every step (``generate`` is for a batch of one).
     Also usable as a context manager (``with SwappedHead(...) as swap:``).
     """
+
+    _what = "head"
+    _compile_call = "swap.compile()"
 
     def __init__(
         self,
@@ -164,8 +278,7 @@ class SwappedHead:
     ) -> None:
         for head in heads:
             check_layer_head(model, layer, head)
-        self.model = model
-        self.layer, self.head_indices = int(layer), [int(h) for h in heads]
+        self.head_indices = [int(h) for h in heads]
         self.n_bits = check_n_bits(n_bits)
         build = head_class(design)
         #: The quantized heads, in the order of :attr:`head_indices`.
@@ -184,16 +297,7 @@ class SwappedHead:
         self.remote = None  # a course_lib.client.RemoteHead: "execute" then runs on that server
         self.last_seconds: float | None = None  # time of the head's last run in simulate/execute mode
         self.last_run = None  # details of the last execution: times (local) or RunStats (remote)
-        self._x: torch.Tensor | None = None  # the attention input of the current forward pass
-        self._captured: list[np.ndarray] | None = None
-        attn = model.transformer.h[layer].attn
-        self._saved_use_cache = (model.config.use_cache, model.generation_config.use_cache)
-        model.config.use_cache = False
-        model.generation_config.use_cache = False
-        self._handles = [
-            attn.register_forward_pre_hook(self._keep_input, with_kwargs=True),
-            attn.c_proj.register_forward_pre_hook(self._replace_slice),
-        ]
+        self._hook(model, layer, lambda c_proj: c_proj.register_forward_pre_hook(self._replace_slice))
 
     @property
     def head(self) -> QuantizedHead:
@@ -213,32 +317,19 @@ class SwappedHead:
     def is_calibrated(self) -> bool:
         return all(head.is_calibrated for head in self.heads)
 
-    # -- mode ------------------------------------------------------------------------------------
-    @property
-    def mode(self) -> str:
-        """One of :data:`MODES` (see the module's docstring)."""
-        return self._mode
+    def _check_keys(self) -> None:
+        missing = [
+            c
+            for c in self.circuits
+            if not c.circuit.keys.are_generated and not cached_keys_path(c.circuit, self.key_cache_dir)
+        ]
+        if missing:
+            raise RuntimeError(
+                "mode 'execute' needs the circuits' keys: swap.ensure_keys(), or "
+                "course_lib.keys.ensure_keys(swap.circuit.circuit) for the circuit alone"
+            )
 
-    @mode.setter
-    def mode(self, mode: str) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}, got {mode!r}")
-        if mode != "float" and not self.is_calibrated:
-            raise RuntimeError(f"calibrate the head before using mode {mode!r}: swap.calibrate(tokenizer, prompts)")
-        if mode in ("simulate", "execute") and self.circuit is None:
-            raise RuntimeError(f"compile the head before using mode {mode!r}: swap.compile()")
-        if mode == "execute" and self.remote is None:
-            missing = [
-                c
-                for c in self.circuits
-                if not c.circuit.keys.are_generated and not cached_keys_path(c.circuit, self.key_cache_dir)
-            ]
-            if missing:
-                raise RuntimeError(
-                    "mode 'execute' needs the circuits' keys: swap.ensure_keys(), or "
-                    "course_lib.keys.ensure_keys(swap.circuit.circuit) for the circuit alone"
-                )
-        self._mode = mode
+    def _restart(self) -> None:
         self._previous = None
 
     def compile(
@@ -255,7 +346,7 @@ class SwappedHead:
         With ``steps_up_to``, also compile a generation-step circuit (``HeadCircuit(..., queries=1)``)
         for every length from ``length + 1`` to ``steps_up_to`` (kept in :attr:`step_circuits`):
         the prompt runs through :attr:`circuit`, each later token through the step circuit of its
-        length. ``progress`` shows a bar over the circuits. ``scope`` (see :data:`course_lib.fhe.SCOPES`):
+        length. ``progress`` shows a bar over the circuits. ``scope`` (see :data:`course_lib.contract.HEAD_SCOPES`):
         ``"projection+attention"`` compiles the projection into the circuit, which then takes the
         encrypted ``x``; the client keeps only the input quantizer. Returns :attr:`circuit`.
         """
@@ -300,20 +391,6 @@ class SwappedHead:
         return reports
 
     # -- hooks -----------------------------------------------------------------------------------
-    def _keep_input(self, module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        if self._mode == "float" and self._captured is None:
-            return None
-        if hidden.shape[0] != 1:
-            raise ValueError(f"a swapped head runs on a batch of one sequence, got a batch of {hidden.shape[0]}")
-        cache = kwargs.get("past_key_values")
-        if cache is not None and cache.get_seq_length() > 0:
-            raise RuntimeError("the KV cache must be off while a head is swapped: call generate(..., use_cache=False)")
-        self._x = hidden
-        if self._captured is not None:
-            self._captured.append(hidden[0].detach().double().numpy())
-        return None
-
     def _replace_slice(self, module, args):
         if self._mode == "float" or self._x is None:
             return None
@@ -352,31 +429,7 @@ class SwappedHead:
         self.last_seconds = time.perf_counter() - start
         return output
 
-    # -- calibration and inputs ----------------------------------------------------------------
-    def attention_inputs(self, tokenizer, texts: Iterable[str]) -> list[np.ndarray]:
-        """The layer's attention inputs ``(T, n_embd)`` for each text, read by the float model.
-
-        Texts are encoded as the evaluation encodes passages: ``<|endoftext|>`` first,
-        cut to the model's context.
-        """
-        context = self.model.config.n_positions
-        ids = []
-        for text in texts:
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"calibration texts must be non-empty strings, got {text!r}")
-            ids.append(torch.tensor([encode_passage(tokenizer, text, context)]))
-        return [self.attention_input(one) for one in ids]
-
-    def attention_input(self, ids: torch.Tensor) -> np.ndarray:
-        """The layer's attention input ``(T, n_embd)`` for token ids ``(1, T)``, read by the float model."""
-        saved, self._mode, self._captured = self._mode, "float", []
-        try:
-            with torch.no_grad():
-                self.model(ids)
-            return self._captured[0]
-        finally:
-            self._mode, self._captured = saved, None
-
+    # -- calibration ------------------------------------------------------------------------------
     def calibrate(self, tokenizer, prompts: Sequence[str]) -> None:
         """Calibrate the quantized head on the attention inputs of ``prompts``, then freeze it."""
         if isinstance(prompts, str) or len(prompts) == 0:
@@ -384,20 +437,6 @@ class SwappedHead:
         self.calibration_inputs = self.attention_inputs(tokenizer, prompts)
         for head in self.heads:
             head.calibrate(self.calibration_inputs)
-
-    # -- lifetime --------------------------------------------------------------------------------
-    def remove(self) -> None:
-        """Detach the hooks and restore the model's cache settings."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        self.model.config.use_cache, self.model.generation_config.use_cache = self._saved_use_cache
-
-    def __enter__(self) -> SwappedHead:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
 
     def __repr__(self) -> str:
         state = "calibrated" if self.is_calibrated else "not calibrated"

@@ -37,23 +37,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from concrete import fhe
 from concrete.fhe.compilation.module_compiler import FunctionDef, ModuleCompiler
 
+from .contract import LAYER_SCOPE, SCOPE_INPUTS, CircuitDescription, layer_function
 from .dual_array import DualArray
 from .fhe import configuration as course_configuration
-from .layer import CACHE_ARRAYS, KVCache, QuantizedLayer
+from .fhe import save_artifact
+from .keys import circuit_fingerprint
+from .layer import CACHE_ARRAYS, CachedToken, KVCache, QuantizedLayer
 from .quantization import check_float_data
+from .transport import pack, unpack
 
-#: The name of the module's function that computes the ``tokens``-th token.
-STEP_NAME = "step_{tokens}"
-
-
-def step_name(tokens: int) -> str:
-    """The module function for the ``tokens``-th token of a sequence (``step_1``, ``step_2``, ...)."""
-    return STEP_NAME.format(tokens=tokens)
+step_name = layer_function  # the module's function for the token at a position: step_1, step_2, ...
 
 
 class LayerCircuit:
@@ -111,19 +110,47 @@ class LayerCircuit:
         return FunctionDef(namespace[step_name(tokens)], dict.fromkeys(names, "encrypted"))
 
     def _inputsets(self, inputs: Sequence[np.ndarray]) -> dict[str, list[tuple]]:
-        """For each step, the clear integers it reads on every calibration input long enough to reach it."""
+        """For each step, the clear integers it reads when the calibration inputs run through the layer, each
+        cut into windows of ``max_tokens`` tokens that run as sequences of their own: so every step, the
+        first too, sees tokens from every position (a calibration text's first token is always the same).
+
+        Plus, for each step after the first, two samples whose cached tokens hold, in one column per head,
+        the lowest (then the highest) key and value integers their quantizers allow. A cached row is the
+        output of an earlier step's lookup, which may take any value of its table; the compiler sizes a
+        step's inputs from the inputset alone, so these samples make every cached input as wide as the
+        output wired to it. One column at a time widens the sums they enter by one product only.
+        """
         samples: dict[str, list[tuple]] = {step_name(t): [] for t in range(1, self.max_tokens + 1)}
         for x in inputs:
             xq = self.encode(check_float_data(x, "a calibration input"))
-            cache: list[tuple] = []
-            for t in range(min(len(xq), self.max_tokens)):
-                row = xq[t : t + 1]
-                samples[step_name(t + 1)].append((row, *_flat(cache)) if cache else row)
-                cache.append(self.clear_step(row, cache)[1])
+            for start in range(0, len(xq), self.max_tokens):
+                cache: list[tuple] = []
+                for row in np.split(xq[start : start + self.max_tokens], len(xq[start : start + self.max_tokens])):
+                    samples[step_name(len(cache) + 1)].append((row, *_flat(cache)) if cache else row)
+                    cache.append(self.clear_step(row, cache)[1])
         empty = [name for name, rows in samples.items() if not rows]
         if empty:
             raise ValueError(f"no calibration input is long enough for {', '.join(empty)}: give longer inputs")
+        for t in range(2, self.max_tokens + 1):
+            row, *cached = samples[step_name(t)][0]
+            for lowest in (True, False):
+                tokens = [self._extreme_token(rows, lowest) for rows in _rows_by_token(cached)]
+                samples[step_name(t)].append((row, *_flat(tokens)))
         return samples
+
+    def _extreme_token(self, rows: tuple, lowest: bool) -> tuple:
+        """A cached token's four rows with each head's first key and value set to their quantizer's lowest (or
+        highest) integer, and their squares computed again as a step computes them."""
+        layer, d = self.layer, self.layer.head_dim
+        k, v = np.array(rows[0]), np.array(rows[2])
+        keys, values = [], []
+        for h, head in enumerate(layer.heads):
+            for integers, name, out in ((k, "k", keys), (v, "v", values)):
+                params = head.quantizers[name].params
+                integers[0, h * d] = params.qmin if lowest else params.qmax
+                cached = DualArray.from_int(integers[:, h * d : (h + 1) * d], params)
+                out.append(head._operand(cached, "scores" if name == "k" else "output"))
+        return layer.token_integers(CachedToken(tuple(keys), tuple(values)))
 
     # -- the client's side -------------------------------------------------------------------------
     def encode(self, x: np.ndarray) -> np.ndarray:
@@ -154,6 +181,52 @@ class LayerCircuit:
             )
         return x
 
+    def encrypt_step(self, x: np.ndarray, tokens: int) -> bytes:
+        """Check and encrypt one token's integers ``(1, n_embd)`` for step ``tokens``, framed for a server
+        (:data:`~course_lib.contract.STEP`). Only ``x`` is encrypted: the cached rows are the server's."""
+        return pack([self._encrypt_x(self.check_row(x, tokens), tokens).serialize()])
+
+    def _encrypt_x(self, x: np.ndarray, tokens: int) -> fhe.Value:
+        """The ciphertext of step ``tokens``'s ``x`` (``None`` for the cached inputs: the client has none)."""
+        encrypted = getattr(self.module, step_name(tokens)).encrypt(x, *([None] * (len(CACHE_ARRAYS) * (tokens - 1))))
+        return encrypted[0] if isinstance(encrypted, tuple) else encrypted
+
+    def decrypt_step(self, message: bytes, tokens: int) -> np.ndarray:
+        """Decrypt the framed output row that step ``tokens`` sent back: the output integers ``(1, n_embd)``."""
+        (part,) = unpack(message, expected_parts=1)
+        return np.asarray(getattr(self.module, step_name(tokens)).decrypt(fhe.Value.deserialize(part)))
+
+    # -- what the server gets ----------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """The module's fingerprint (names its keys in the cache; checked by the server)."""
+        return circuit_fingerprint(self.module)
+
+    @property
+    def description(self) -> CircuitDescription:
+        """What a server publishes about this layer (scope :data:`~course_lib.contract.LAYER_SCOPE`)."""
+        return CircuitDescription(
+            fingerprint=self.fingerprint,
+            length=self.max_tokens,
+            scope=LAYER_SCOPE,
+            inputs=SCOPE_INPUTS[LAYER_SCOPE],
+            input_shape=(1, self.n_embd),
+            queries=1,
+            heads=len(self.layer.heads),
+            n_bits=int(self.layer.heads[0].n_bits),
+            input_bytes=self.x_bytes,
+        )
+
+    @property
+    def x_bytes(self) -> int:
+        """The size of one token's encrypted ``x``, as the compiler counts it: what the client sends per step."""
+        return int(self.module.step_1.size_of_inputs)
+
+    def save_server(self, folder: str | Path) -> Path:
+        """Write what a server needs, and only that, into ``folder`` (created if needed); returns ``folder``:
+        :data:`~course_lib.contract.SERVER_FILE`, the compiled module without keys, and its :attr:`description`."""
+        return save_artifact(folder, self.module.server, self.description)
+
     # -- three ways to run it ------------------------------------------------------------------------
     def _step(self, x, cached: Sequence[tuple]):
         """:meth:`QuantizedLayer.step` on integers: ``x`` and the cached tokens' four rows each."""
@@ -181,25 +254,21 @@ class LayerCircuit:
         return self._run(x, step)
 
     def execute(self, x: np.ndarray) -> np.ndarray:
-        """Encrypt each row, run the steps on ciphertexts, the encrypted cache fed from one step to the next,
-        and decrypt the outputs. The module's keys must exist (:func:`course_lib.keys.ensure_keys`)."""
-        if not self.module.keys.are_generated:
-            raise RuntimeError("this layer has no keys yet: course_lib.keys.ensure_keys(layer_circuit.module)")
+        """Encrypt each row, run the steps on ciphertexts, the encrypted cache fed from one step to the next
+        (a :class:`LayerSession`), and decrypt the outputs. The module's keys must be in memory
+        (:func:`course_lib.keys.ensure_keys`)."""
+        session = LayerSession(self)
+        x = self._check_sequence(x)
+        return np.concatenate([session.step(x[t : t + 1]) for t in range(len(x))])
 
-        def step(t, row, cache):
-            function = getattr(self.module, step_name(t))
-            cached = _flat(cache)
-            encrypted = function.encrypt(row, *([None] * len(cached)))  # the client encrypts x only
-            x = encrypted[0] if isinstance(encrypted, tuple) else encrypted
-            y, *new = function.run(x, *cached)
-            return np.asarray(function.decrypt(y)), tuple(new)
-
-        return self._run(x, step)
-
-    def _run(self, x: np.ndarray, step) -> np.ndarray:
+    def _check_sequence(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
         if x.ndim != 2 or not 1 <= len(x) <= self.max_tokens:
             raise ValueError(f"the layer takes integers (T, {self.n_embd}) with 1 <= T <= {self.max_tokens}")
+        return x
+
+    def _run(self, x: np.ndarray, step) -> np.ndarray:
+        x = self._check_sequence(x)
         cache, rows = [], []
         for t in range(1, len(x) + 1):
             y, token = step(t, self.check_row(x[t - 1 : t], t), cache)
@@ -220,6 +289,44 @@ class LayerCircuit:
     @property
     def steps(self) -> range:
         return range(1, self.max_tokens + 1)
+
+
+class LayerSession:
+    """A sequence run on ciphertexts in this process, one token per :meth:`step`, the encrypted cache kept here.
+
+    What a server's session does for a layer (:mod:`course_lib.server`, :class:`course_lib.client.RemoteLayer`:
+    the same ``step``, ``forget`` and ``tokens``), without HTTP: the client encrypts ``x``, the step runs on
+    it and the cached ciphertexts, the new token's rows join the cache unread, the output is decrypted.
+
+    Raises:
+        RuntimeError: the module's keys are not in memory (:func:`course_lib.keys.ensure_keys`).
+    """
+
+    def __init__(self, circuit: LayerCircuit) -> None:
+        if not circuit.module.keys.are_generated:
+            raise RuntimeError("this layer has no keys in memory: course_lib.keys.ensure_keys(layer_circuit.module)")
+        self.circuit = circuit
+        #: Each cached token's encrypted rows, oldest first.
+        self.cache: list[tuple[fhe.Value, ...]] = []
+
+    @property
+    def tokens(self) -> int:
+        """The tokens of the current sequence so far."""
+        return len(self.cache)
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        """The next token: its integers ``x`` ``(1, n_embd)`` to the layer's output integers ``(1, n_embd)``."""
+        circuit, position = self.circuit, self.tokens + 1
+        row = circuit.check_row(x, position)
+        function = getattr(circuit.module, step_name(position))
+        y, *rows = function.run(circuit._encrypt_x(row, position), *_flat(self.cache))
+        self.cache.append(tuple(rows))
+        return np.asarray(function.decrypt(y))
+
+    def forget(self) -> int:
+        """Start another sequence; returns how many tokens the cache held."""
+        forgotten, self.cache = len(self.cache), []
+        return forgotten
 
 
 def configuration(**overrides) -> fhe.Configuration:

@@ -1,9 +1,17 @@
-"""The server side of the split: it runs the compiled head on ciphertexts, and never holds a secret key.
+"""The server side of the split: it runs a compiled head or layer on ciphertexts, and never holds a secret key.
 
 It loads a server artifact (the compiled circuit and its description, see :meth:`HeadCircuit.save_server
-<course_lib.fhe.HeadCircuit.save_server>`), receives each client's *evaluation* keys once
-(:data:`~course_lib.contract.OPEN_SESSION`), then ciphertexts (:data:`~course_lib.contract.RUN`), and
-returns ciphertexts. It never receives, generates or uses a secret key (it calls only
+<course_lib.fhe.HeadCircuit.save_server>` and :meth:`LayerCircuit.save_server
+<course_lib.layer_circuit.LayerCircuit.save_server>`), receives each client's *evaluation* keys once
+(:data:`~course_lib.contract.OPEN_SESSION`), then ciphertexts, and returns ciphertexts:
+
+- a head's circuit (scopes :data:`~course_lib.contract.HEAD_SCOPES`): the whole padded sequence per
+  :data:`~course_lib.contract.RUN`;
+- a layer's module (scope :data:`~course_lib.contract.LAYER_SCOPE`): one token's ``x`` per
+  :data:`~course_lib.contract.STEP`. The session keeps the encrypted rows each step returns besides its
+  output (the token's keys and values, and their squares) and feeds them to every later step: the
+  session's KV cache, ciphertexts the server cannot read. :data:`~course_lib.contract.FORGET` empties it.
+ It never receives, generates or uses a secret key (it calls only
 ``fhe.Server``, ``fhe.EvaluationKeys`` and ``fhe.Value``). Its routes and files are those of
 :mod:`course_lib.contract`.
 
@@ -12,11 +20,13 @@ uvicorn); :class:`course_lib.client.ServerProcess` does that for the notebooks, 
 ``--parent-pid`` so that the server ends with the process that started it (:func:`exit_with_parent`).
 
 Errors are answered in JSON with a ``detail`` message: 400 for bytes that cannot be read
-(damaged, truncated, not keys, not ciphertexts), 404 for an unknown session, 413 for a request
-body over the server's limit (``max_key_bytes`` for keys, ``max_run_bytes`` for ciphertexts), 422
-for ciphertexts the circuit refuses to run (e.g. another sequence length; ciphertexts of another
-circuit of the same shapes cannot be told apart and decrypt to wrong numbers), 429 when
-``max_sessions`` sessions are open already.
+(damaged, truncated, not keys, not ciphertexts) or a position below 1, 404 for an unknown session or a
+route of the other kind of server (:data:`~course_lib.contract.RUN` on a layer, :data:`~course_lib.contract.STEP`
+on a head), 409 for a step that is not the session's next token (or while another step of the session
+runs), 413 for a request body over the server's limit (``max_key_bytes`` for keys, ``max_run_bytes`` for
+ciphertexts), 422 for ciphertexts the circuit refuses to run (e.g. another sequence length; ciphertexts of
+another circuit of the same shapes cannot be told apart and decrypt to wrong numbers) or a position past the
+layer's longest sequence, 429 when ``max_sessions`` sessions are open already.
 """
 
 from __future__ import annotations
@@ -28,13 +38,27 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from concrete import fhe
 from fastapi import FastAPI, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from .contract import CIRCUIT, CLOSE_SESSION, HEALTH, OPEN_SESSION, RUN, SERVER_FILE, CircuitDescription, Route
+from .contract import (
+    CIRCUIT,
+    CLOSE_SESSION,
+    FORGET,
+    HEALTH,
+    LAYER_SCOPE,
+    OPEN_SESSION,
+    RUN,
+    SERVER_FILE,
+    STEP,
+    CircuitDescription,
+    Route,
+    layer_function,
+)
 from .environment import parse_bytes
 from .transport import TransportError, pack, unpack
 
@@ -87,22 +111,33 @@ async def _read_body(request: Request, limit: int, what: str, setting: str) -> b
     return b"".join(chunks)
 
 
+@dataclass
+class _Session:
+    """One client's evaluation keys and, on a layer server, its encrypted KV cache."""
+
+    keys: fhe.EvaluationKeys
+    #: Each cached token's encrypted rows (what its step returned besides the output), oldest first.
+    cache: list[tuple[fhe.Value, ...]] = field(default_factory=list)
+    #: Held while a step runs: a session's steps run one after the other, in order.
+    busy: threading.Lock = field(default_factory=threading.Lock)
+
+
 class _Sessions:
-    """The open sessions' evaluation keys, at most ``limit`` of them (those being opened count too)."""
+    """The open sessions, at most ``limit`` of them (those being opened count too)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.keys: dict[str, fhe.EvaluationKeys] = {}
+        self.open: dict[str, _Session] = {}
         self.opening = 0
         self.lock = threading.Lock()
 
     def reserve(self) -> None:
         with self.lock:
-            if len(self.keys) + self.opening >= self.limit:
+            if len(self.open) + self.opening >= self.limit:
                 being_opened = f" and {self.opening} being opened" if self.opening else ""
                 raise HTTPException(
                     429,
-                    f"{len(self.keys)} sessions are open{being_opened}, the most this server keeps "
+                    f"{len(self.open)} sessions are open{being_opened}, the most this server keeps "
                     f"(max_sessions={self.limit}): close one with {CLOSE_SESSION} (RemoteHead.close()), "
                     f"or restart the server with a larger --max-sessions",
                 )
@@ -116,20 +151,24 @@ class _Sessions:
         session = uuid.uuid4().hex
         with self.lock:
             self.opening -= 1
-            self.keys[session] = keys
+            self.open[session] = _Session(keys)
         return session
 
-    def get(self, session: str) -> fhe.EvaluationKeys | None:
+    def get(self, session: str) -> _Session:
+        """The open session ``session``; a 404 if there is none."""
         with self.lock:
-            return self.keys.get(session)
+            found = self.open.get(session)
+        if found is None:
+            raise HTTPException(404, f"unknown session {session!r}: open one with {OPEN_SESSION} (evaluation keys)")
+        return found
 
-    def pop(self, session: str) -> fhe.EvaluationKeys | None:
+    def pop(self, session: str) -> _Session | None:
         with self.lock:
-            return self.keys.pop(session, None)
+            return self.open.pop(session, None)
 
     def __len__(self) -> int:
         with self.lock:
-            return len(self.keys)
+            return len(self.open)
 
 
 def create_app(
@@ -139,10 +178,11 @@ def create_app(
     max_run_bytes: int | None = None,
     max_sessions: int = DEFAULT_MAX_SESSIONS,
 ) -> FastAPI:
-    """The FastAPI application serving the circuit saved in ``artifacts``.
+    """The FastAPI application serving the circuit (or a layer's module) saved in ``artifacts``.
 
     Args:
-        artifacts: a folder written by :meth:`HeadCircuit.save_server <course_lib.fhe.HeadCircuit.save_server>`.
+        artifacts: a folder written by :meth:`HeadCircuit.save_server <course_lib.fhe.HeadCircuit.save_server>`
+            or :meth:`LayerCircuit.save_server <course_lib.layer_circuit.LayerCircuit.save_server>`.
         max_key_bytes: the largest body of :data:`~course_lib.contract.OPEN_SESSION` (framed evaluation keys).
         max_run_bytes: the largest body of :data:`~course_lib.contract.RUN` (framed ciphertexts); default
             :func:`default_max_run_bytes` of the circuit's description.
@@ -167,7 +207,8 @@ def create_app(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     server = fhe.Server.load(artifacts / SERVER_FILE)
     sessions = _Sessions(max_sessions)
-    app = FastAPI(title="course_lib FHE head server")
+    is_layer = description.scope == LAYER_SCOPE
+    app = FastAPI(title="course_lib FHE server")
     app.state.description = description
     app.state.limits = limits
 
@@ -205,28 +246,86 @@ def create_app(
             raise HTTPException(404, f"unknown session {session!r}")
         return {"closed": session}
 
-    @route(RUN)
-    async def run(session: str, request: Request) -> Response:
-        keys = sessions.get(session)
-        if keys is None:
-            raise HTTPException(404, f"unknown session {session!r}: open one with {OPEN_SESSION} (evaluation keys)")
+    async def read_ciphertexts(request: Request) -> list[fhe.Value]:
         body = await _read_body(request, max_run_bytes, "ciphertexts", f"max_run_bytes={max_run_bytes}")
         try:
-            args = [fhe.Value.deserialize(part) for part in unpack(body, expected_parts=len(description.inputs))]
+            return [fhe.Value.deserialize(part) for part in unpack(body, expected_parts=len(description.inputs))]
         except TransportError as error:
             raise HTTPException(400, f"the ciphertexts could not be read: {error}") from None
         except RuntimeError as error:
             raise HTTPException(400, f"these bytes are not ciphertexts concrete can read: {error}") from None
+
+    def refused(error: RuntimeError) -> HTTPException:
+        compiled = f"up to {description.length} tokens, one per step" if is_layer else f"{description.length} tokens"
+        return HTTPException(
+            422,
+            f"the ciphertexts do not fit this circuit, compiled for sequences of {compiled} "
+            f"(inputs {', '.join(description.inputs)} of shape {list(description.input_shape)}): {error}",
+        )
+
+    def only_for(layer: bool) -> None:
+        if is_layer != layer:
+            kind, route = ("a layer", STEP) if is_layer else (f"a head (scope {description.scope!r})", RUN)
+            raise HTTPException(404, f"this server runs {kind}: send ciphertexts to {route}")
+
+    @route(RUN)
+    async def run(session: str, request: Request) -> Response:
+        only_for(layer=False)
+        keys = sessions.get(session).keys
+        args = await read_ciphertexts(request)
         try:
             # minutes of work: in a worker thread, so that the server keeps answering meanwhile
             result = await run_in_threadpool(server.run, *args, evaluation_keys=keys)
         except RuntimeError as error:
-            raise HTTPException(
-                422,
-                f"the ciphertexts do not fit this circuit, compiled for sequence length {description.length} "
-                f"(inputs {', '.join(description.inputs)} of shape {list(description.input_shape)}): {error}",
-            ) from None
+            raise refused(error) from None
         return Response(pack([result.serialize()]), media_type="application/octet-stream")
+
+    @route(STEP)
+    async def step(session: str, position: int, request: Request) -> Response:
+        only_for(layer=True)
+        state = sessions.get(session)
+        if position < 1 or position > description.length:
+            status = 400 if position < 1 else 422
+            raise HTTPException(
+                status,
+                f"this layer runs tokens 1 to {description.length} of a sequence, got token {position}"
+                + (f": {FORGET} forgets the session's tokens to start another sequence" if status == 422 else ""),
+            )
+        (x,) = await read_ciphertexts(request)
+        if not state.busy.acquire(blocking=False):
+            raise HTTPException(409, "a step of this session is running: send the next token after its answer")
+        try:
+            expected = len(state.cache) + 1
+            if position != expected:
+                raise HTTPException(
+                    409,
+                    f"this session holds {expected - 1} token(s): the next one is token {expected}, got token "
+                    f"{position}. If the client started another sequence, {FORGET} forgets the session's tokens",
+                )
+            cached = [value for rows in state.cache for value in rows]
+            try:
+                y, *rows = await run_in_threadpool(
+                    server.run, x, *cached, evaluation_keys=state.keys, function_name=layer_function(position)
+                )
+            except RuntimeError as error:
+                raise refused(error) from None
+            state.cache.append(tuple(rows))
+        finally:
+            state.busy.release()
+        return Response(pack([y.serialize()]), media_type="application/octet-stream")
+
+    @route(FORGET)
+    def forget(session: str) -> dict:
+        only_for(layer=True)
+        state = sessions.get(session)
+        if not state.busy.acquire(blocking=False):
+            raise HTTPException(409, "a step of this session is running: forget its tokens after its answer")
+        try:
+            forgotten = len(state.cache)
+            state.cache.clear()
+        finally:
+            state.busy.release()
+        return {"forgotten": forgotten}
 
     return app
 
@@ -286,8 +385,10 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m course_lib.server``: serve an artifact folder over HTTP until stopped (see ``--help``)."""
     import uvicorn
 
-    parser = argparse.ArgumentParser(description="Serve a compiled course head over HTTP (FastAPI + uvicorn).")
-    parser.add_argument("--artifacts", type=Path, required=True, help="folder written by HeadCircuit.save_server")
+    parser = argparse.ArgumentParser(description="Serve a compiled course head or layer over HTTP (FastAPI + uvicorn).")
+    parser.add_argument(
+        "--artifacts", type=Path, required=True, help="folder written by HeadCircuit or LayerCircuit.save_server"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(

@@ -20,8 +20,10 @@ from course_lib.contract import (
     ROUTES,
     RUN,
     SERVER_FILE,
+    STEP,
     CircuitDescription,
     DescriptionError,
+    layer_function,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +51,19 @@ def test_a_description_survives_json_and_the_artifact_folder(tmp_path):
     assert CircuitDescription.load(tmp_path) == description
     with pytest.raises(AttributeError):
         description.length = 5  # frozen
+
+
+LAYER_FIELDS = {**FIELDS, "scope": "layer", "inputs": ["x"], "input_shape": [1, 16], "queries": 1, "heads": 4}
+
+
+def test_a_layer_takes_one_token_per_step():
+    description = CircuitDescription.from_dict(LAYER_FIELDS)
+    assert description.input_shape == (1, 16) and description.length == 4
+    assert layer_function(3) == "step_3"
+    with pytest.raises(DescriptionError, match=r"must have 1 row for scope 'layer' \(one token per step\)"):
+        CircuitDescription.from_dict({**LAYER_FIELDS, "input_shape": [4, 16]})
+    with pytest.raises(DescriptionError, match="'queries' must be 1 for scope 'layer', got 4"):
+        CircuitDescription.from_dict({**LAYER_FIELDS, "queries": 4})
 
 
 def test_the_inputs_size_is_optional():
@@ -115,7 +130,8 @@ def test_routes_fill_their_parameters():
         RUN.path()
     with pytest.raises(ValueError, match="has no parameter 'id'"):
         RUN.path(session="ab12", id="x")
-    assert len({(r.method, r.template) for r in ROUTES}) == len(ROUTES) == 5
+    assert len({(r.method, r.template) for r in ROUTES}) == len(ROUTES) == 7
+    assert STEP.path(session="ab12", position="3") == "/sessions/ab12/tokens/3"
 
 
 def test_the_contract_imports_the_standard_library_only():

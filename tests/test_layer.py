@@ -6,14 +6,18 @@ import dataclasses
 
 import numpy as np
 import pytest
+import requests
 
 from course_lib.attention import HeadWeights
+from course_lib.client import RemoteLayer, ServerError, ServerProcess
+from course_lib.contract import CIRCUIT, RUN, STEP
 from course_lib.dual_array import DualArray
 from course_lib.fast_attention import FastHead
 from course_lib.fhe import DEFAULT_PROJECTION
 from course_lib.keys import ensure_keys
 from course_lib.layer import KVCache, ProjectionWeights, QuantizedLayer
 from course_lib.layer_circuit import LayerCircuit, step_name
+from course_lib.transport import unpack
 
 N_EMBD, HEAD_DIM, N_HEAD = 16, 4, 4
 
@@ -49,6 +53,19 @@ def exact_layer():
 def exact_circuit(exact_layer):
     layer, inputs = exact_layer
     return LayerCircuit(layer, inputs, max_tokens=3)
+
+
+@pytest.fixture(scope="module")
+def keyed_circuit(exact_circuit, tmp_path_factory):
+    """The exact circuit with its keys (generated once for the module's tests, in a temporary cache)."""
+    ensure_keys(exact_circuit.module, tmp_path_factory.mktemp("keys"), progress=False)
+    return exact_circuit
+
+
+@pytest.fixture(scope="module")
+def layer_server(keyed_circuit):
+    with ServerProcess(keyed_circuit, in_process=True) as process:
+        yield process
 
 
 def test_float_side_is_gpt2s_attention_layer(exact_layer):
@@ -112,13 +129,13 @@ def test_pbs_per_step_grow_linearly(exact_circuit):
     assert pbs[3] - pbs[2] == N_HEAD * (2 * HEAD_DIM + 4)
 
 
-def test_execution_equals_simulation_and_needs_no_weight(exact_layer, exact_circuit, tmp_path):
+def test_execution_equals_simulation_and_needs_no_weight(exact_layer, keyed_circuit):
     """The encrypted cache goes from step to step as ciphertexts; the client's side (encode, encrypt,
     decrypt, dequantize) runs with every weight of the layer replaced by NaN after compiling."""
     layer, inputs = exact_layer
+    exact_circuit = keyed_circuit
     xi = exact_circuit.encode(inputs[6][:3])
     expected = exact_circuit.simulate(xi)
-    ensure_keys(exact_circuit.module, tmp_path, progress=False)
     saved = [(head.weights, head.w_parts) for head in layer.heads], layer.c_proj, layer.w_proj
     try:
         for head in layer.heads:
@@ -134,19 +151,23 @@ def test_execution_equals_simulation_and_needs_no_weight(exact_layer, exact_circ
         layer.c_proj, layer.w_proj = saved[1], saved[2]
 
 
-def test_approximate_rounding_stays_close(tmp_path):
-    """Rounded approximately, a q, k or v integer may be one off: the outputs stay near the clear ones."""
+def test_approximate_rounding_stays_close():
+    """Rounded approximately, a q, k or v integer may be one off, and at 3 bits one step of q moves a score
+    a lot: single outputs may jump. On average over the inputs the simulated layer stays about as close to
+    the float layer as the clear integers are (measured: 1.0 to 1.2 times their mean error)."""
     layer, inputs = make_layer(seed=3, exact=False)
     circuit = LayerCircuit(layer, inputs, max_tokens=2)
     assert not circuit.is_exact
-    spread = []
+    simulated_error, clear_error, differs = [], [], False
     for x in inputs[:8]:
         xi = circuit.encode(x[:2])
         clear, simulated = circuit.clear(xi), circuit.simulate(xi)
-        spread.append(np.abs(circuit.dequantize(simulated) - circuit.dequantize(clear)).max())
-        error = np.abs(circuit.dequantize(clear) - float_layer(layer, x[:2])).max()
-        assert np.abs(circuit.dequantize(simulated) - float_layer(layer, x[:2])).max() <= 3 * error + 1e-9
-    assert max(spread) > 0  # the rounding did differ somewhere, or the test would show nothing
+        differs |= not np.array_equal(clear, simulated)
+        exact = float_layer(layer, x[:2])
+        simulated_error.append(np.abs(circuit.dequantize(simulated) - exact).mean())
+        clear_error.append(np.abs(circuit.dequantize(clear) - exact).mean())
+    assert differs  # the rounding did differ somewhere, or the test would show nothing
+    assert np.mean(simulated_error) <= 1.5 * np.mean(clear_error)
 
 
 def test_circuit_checks_its_inputs(exact_circuit):
@@ -176,3 +197,63 @@ def test_append_and_carried_squares():
     assert kept.squares == (1, b.squares[1], b.squares[2])
     with pytest.raises(ValueError, match="same scale and zero point"):
         a.append(DualArray.from_int(np.array([[1, 2]]), dataclasses.replace(p, scale=p.scale * 2)))
+
+
+# -- the layer on a server: one token per request, the encrypted KV cache kept there --------------------
+def test_server_publishes_a_layer(keyed_circuit, layer_server):
+    description = requests.get(layer_server.url + CIRCUIT.path(), timeout=10).json()
+    assert description["scope"] == "layer" and description["inputs"] == ["x"]
+    assert description["input_shape"] == [1, N_EMBD] and description["length"] == 3 and description["queries"] == 1
+    assert description["heads"] == N_HEAD and description["input_bytes"] == keyed_circuit.x_bytes
+
+
+def test_remote_layer_equals_simulation_and_sends_only_x(exact_layer, keyed_circuit, layer_server):
+    """Token by token through HTTP: the same integers as the simulation, the client sending one token's
+    encrypted x per step (the same bytes at every length) and never a secret key; a second sequence
+    after the first starts from an empty cache."""
+    _, inputs = exact_layer
+    with RemoteLayer(layer_server.url, keyed_circuit) as remote:
+        for x in inputs[7:9]:
+            xi = keyed_circuit.encode(x[:3])
+            out, stats = remote.run(xi)
+            np.testing.assert_array_equal(out, keyed_circuit.simulate(xi))
+            assert remote.tokens == 3
+            assert len({s.bytes_sent for s in stats}) == 1  # flat in the length: the cache stays on the server
+        sent = remote.sent
+    keys, *requests_sent = sent
+    assert unpack(keys) == [keyed_circuit.module.keys.evaluation.serialize()]
+    steps = [body for body in requests_sent if body]  # the FORGET between the sequences has no body
+    assert len(steps) == 6 and all(len(unpack(body)) == 1 for body in steps)
+    keyset = keyed_circuit.module.keys._keyset  # noqa: SLF001 (the test looks for the secret key material)
+    secret_keys = [key.serialize() for key in keyset.get_client_keys().get_secret_keys()]
+    assert secret_keys and all(len(key) > 1000 for key in secret_keys)
+    for key in secret_keys:
+        payload = key[len(key) // 2 :]  # past any header: the key material itself
+        for start in range(0, len(payload) - 64, max(1, len(payload) // 8)):
+            assert all(payload[start : start + 64] not in body for body in sent)
+
+
+def test_server_refuses_steps_out_of_order(exact_layer, keyed_circuit, layer_server):
+    _, inputs = exact_layer
+    xi = keyed_circuit.encode(inputs[9][:2])
+    with RemoteLayer(layer_server.url, keyed_circuit) as remote:
+        message = keyed_circuit.encrypt_step(xi[1:2], 2)
+        url = layer_server.url + STEP.path(session=remote.session, position="2")
+        answer = requests.post(url, data=message, timeout=60)
+        assert answer.status_code == 409 and "holds 0 token(s): the next one is token 1" in answer.json()["detail"]
+        remote.step(xi[:1])
+        answer = requests.post(
+            layer_server.url + STEP.path(session=remote.session, position="4"), data=message, timeout=60
+        )
+        assert answer.status_code == 422 and "tokens 1 to 3" in answer.json()["detail"]
+        answer = requests.post(layer_server.url + RUN.path(session=remote.session), data=message, timeout=60)
+        assert answer.status_code == 404 and "runs a layer" in answer.json()["detail"]
+        y, _ = remote.step(xi[1:2])  # the refused requests left the cache as it was
+        np.testing.assert_array_equal(y, keyed_circuit.simulate(xi)[1:2])
+        with pytest.raises(ValueError, match="up to 3 tokens, got token 4"):  # checked before encrypting
+            remote.step(xi[:1])
+            remote.step(xi[:1])
+        assert remote.forget() == 3 and remote.tokens == 0
+    with pytest.raises(ServerError, match="unknown session"):
+        remote.session = "0" * 32
+        remote.step(xi[:1])
