@@ -12,7 +12,9 @@ forward hooks and no change to transformers' code:
 - a pre-hook on ``transformer.h[layer].attn.c_proj`` overwrites head ``h``'s slice.
 
 Every other head, and everything else in the model, stays in float. The same
-works on the bundled ``course-gpt2`` and on OpenAI's ``gpt2``.
+works on the bundled ``course-gpt2`` and on OpenAI's ``gpt2``. The whole layer with its
+two projections (the published split) is :class:`course_lib.swapped_layer.SwappedLayer`,
+which shares the hooks of :class:`LayerHooks`.
 
 Modes of the swapped head:
 
