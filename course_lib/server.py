@@ -256,10 +256,14 @@ def create_app(
             raise HTTPException(400, f"these bytes are not ciphertexts concrete can read: {error}") from None
 
     def refused(error: RuntimeError) -> HTTPException:
-        compiled = f"up to {description.length} tokens, one per step" if is_layer else f"{description.length} tokens"
+        compiled = (
+            f"sequences of up to {description.length} tokens, one per step"
+            if is_layer
+            else f"sequence length {description.length}"
+        )
         return HTTPException(
             422,
-            f"the ciphertexts do not fit this circuit, compiled for sequences of {compiled} "
+            f"the ciphertexts do not fit this circuit, compiled for {compiled} "
             f"(inputs {', '.join(description.inputs)} of shape {list(description.input_shape)}): {error}",
         )
 
