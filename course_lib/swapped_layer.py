@@ -169,18 +169,15 @@ class SwappedLayer(LayerHooks):
 
     def _execute(self, xi: np.ndarray) -> np.ndarray:
         """Run the tokens not yet in the cache, one step each; earlier rows are the client's from before."""
-        previous, done = self._previous, 0
+        if self.remote is None and self._session is None:
+            self._session = LayerSession(self.circuit)
         runner = self.remote if self.remote is not None else self._session
-        if previous is not None and runner is not None and len(previous[0]) < len(xi):
-            if np.array_equal(previous[0], xi[: len(previous[0])]) and runner.tokens == len(previous[0]):
+        previous, done = self._previous, 0
+        if previous is not None and runner.tokens == len(previous[0]) < len(xi):
+            if np.array_equal(previous[0], xi[: len(previous[0])]):
                 done = len(previous[0])
-        if done == 0:
-            if self.remote is not None:
-                if self.remote.tokens:
-                    self.remote.forget()
-            else:
-                self._session = LayerSession(self.circuit)
-            runner = self.remote if self.remote is not None else self._session
+        if runner.tokens != done:  # another sequence: its cache starts again
+            runner.forget()
         rows, self.last_runs = [], []
         for t in range(done, len(xi)):
             start = time.perf_counter()
@@ -188,7 +185,7 @@ class SwappedLayer(LayerHooks):
                 y, stats = self.remote.step(xi[t : t + 1])
                 self.last_runs.append(stats)
             else:
-                y = runner.step(xi[t : t + 1])
+                y = self._session.step(xi[t : t + 1])
                 self.last_runs.append(time.perf_counter() - start)
             rows.append(self.circuit.dequantize(y))
         out = np.concatenate([previous[1][:done], *rows]) if done else np.concatenate(rows)
