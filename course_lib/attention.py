@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 from concrete import fhe
 
-from .dual_array import DualArray, QuantizedWeights
+from .dual_array import DualArray, QuantizedWeights, centering_offset
 from .quantization import Quantizer, check_float_data, check_n_bits
 
 #: The quantizers of one head, in the order the data meets them.
@@ -282,7 +282,7 @@ class QuantizedHead:
             }
         for name in PROJECTED:
             if self.projection_drop_bits[name]:
-                self.projection_offsets[name] = _centering_offset(
+                self.projection_offsets[name] = centering_offset(
                     lowest[name], highest[name], 2 ** self.projection_drop_bits[name]
                 )
 
@@ -301,15 +301,13 @@ class QuantizedHead:
         keeps the weights' integers within ``n_bits_weights`` bits.
         """
         d, s_x = self.weights.head_dim, self.quantizers["input"].params.scale
-        largest = 2 ** (self.n_bits_weights - 1) - 1
         parts = []
         for i, name in enumerate(PROJECTED):
             w = self.weights.w_qkv[:, i * d : (i + 1) * d]
-            s_q = self.quantizers[name].params.scale
-            peak = float(np.abs(w).max()) or 1.0
-            drop = max(0, int(np.floor(np.log2(largest * s_q / (peak * s_x)))))
-            parts.append(QuantizedWeights.at_scale(w, s_q / (2**drop * s_x)))
-            self.projection_drop_bits[name] = drop
+            part, self.projection_drop_bits[name] = QuantizedWeights.aligned(
+                w, s_x, self.quantizers[name].params.scale, self.n_bits_weights
+            )
+            parts.append(part)
         self.w_parts = tuple(parts)
 
     def _check_input(self, x: np.ndarray) -> np.ndarray:
@@ -411,16 +409,6 @@ class QuantizedHead:
         record: list[tuple[str, DualArray]] = []
         self(self.quantize_input(x), record=record)
         return record
-
-
-def _centering_offset(low: int, high: int, unit: int) -> int:
-    """A multiple of ``unit`` that moves ``[low, high]`` into the middle of ``[0, 2**b - 1]``, the non-negative
-    integers of the fewest bits ``b`` that hold it with at least half its span (and one ``unit``) of room, for
-    new data outside the calibration's range: about as wide as the signed integers of ``[low, high]``."""
-    span = high - low
-    top = 2 ** (span + span // 2 + unit).bit_length() - 1
-    offset = ((top - span) // 2 - low) // unit * unit
-    return offset if low + offset >= 0 else offset + unit
 
 
 def _recorder(record: list[tuple[str, DualArray]] | None):

@@ -91,6 +91,21 @@ class QuantizedWeights:
         n_bits = check_n_bits(max(2, int(np.abs(ints).max()).bit_length() + 1))
         return cls(float=w, int=ints, params=QuantParams(n_bits=n_bits, scale=float(scale), zero_point=0, signed=True))
 
+    @classmethod
+    def aligned(cls, weights: object, in_scale: float, out_scale: float, n_bits: int) -> tuple[QuantizedWeights, int]:
+        """Weights whose accumulator rounds straight onto an output quantizer: ``(weights, r)``.
+
+        The accumulator ``x @ W`` has scale ``in_scale * s_w``. With ``s_w = out_scale / (2**r * in_scale)``,
+        ``2**r`` units of it are exactly one step ``out_scale`` of the output, so rounding the accumulator
+        to a multiple of ``2**r`` *is* the requantization. ``r`` is the largest that keeps the weights'
+        integers within ``n_bits`` signed bits (0 if even ``r = 0`` needs more: the integers then grow).
+        """
+        w = check_float_data(weights, "weights")
+        largest = 2 ** (check_n_bits(n_bits) - 1) - 1
+        peak = float(np.abs(w).max()) or 1.0
+        drop = max(0, int(np.floor(np.log2(largest * out_scale / (peak * in_scale)))))
+        return cls.at_scale(w, out_scale / (2**drop * in_scale)), drop
+
     def part(self, columns: slice) -> QuantizedWeights:
         """Some columns, with the same parameters (``scale * int`` still approximates ``float``)."""
         return QuantizedWeights(float=self.float[:, columns], int=self.int[:, columns], params=self.params)
@@ -736,6 +751,20 @@ class DualArray:
     def reciprocal(self, quantizer: Quantizer, *, round_lsbs: int = 0) -> DualArray:
         """``1 / x`` as a table lookup (entries where x = 0 saturate)."""
         return self.apply(_reciprocal, quantizer, round_lsbs=round_lsbs)
+
+
+def centering_offset(low: int, high: int, unit: int) -> int:
+    """What to add to an accumulator before it is rounded to a multiple of ``unit`` (see :meth:`DualArray.shifted`).
+
+    A multiple of ``unit`` that moves ``[low, high]`` into the middle of ``[0, 2**b - 1]``, the non-negative
+    integers of the fewest bits ``b`` that hold it with at least half its span (and one ``unit``) of room, for
+    new data outside the calibration's range: about as wide as the signed integers of ``[low, high]``.
+    concrete-python 2.10's ``round_bit_pattern`` rounds non-negative integers right and some signed ones
+    wrong (see :class:`~course_lib.attention.QuantizedHead`'s ``projection_offsets``)."""
+    span = high - low
+    top = 2 ** (span + span // 2 + unit).bit_length() - 1
+    offset = ((top - span) // 2 - low) // unit * unit
+    return offset if low + offset >= 0 else offset + unit
 
 
 def _check_drop_bits(drop_bits: int) -> int:

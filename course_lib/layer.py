@@ -18,14 +18,22 @@ computes one step on :class:`~course_lib.dual_array.DualArray`, the same code in
   cache with them, so that no later step looks them up again;
 - it attends for the one new query over the cache (:meth:`FastHead.attend
   <course_lib.fast_attention.FastHead.attend>`);
-- the heads' outputs are requantized onto one shared quantizer (one lookup per value), so that
-  ``c_proj``'s clear weights can sum them: its accumulator, ``(1, n_embd)``, is the step's output. The
-  client decrypts it and multiplies by its scale: it never needs ``c_proj``'s weights.
+- the heads' outputs (sums of products) are rounded to the heads' ``lookup_bits`` and requantized onto one
+  shared quantizer (one lookup per value), so that ``c_proj``'s clear weights can sum them;
+- ``c_proj``'s accumulator is rounded and requantized to the layer's output quantizer (one lookup per
+  value), as the heads round theirs (:meth:`QuantizedWeights.aligned
+  <course_lib.dual_array.QuantizedWeights.aligned>`): the step's output, ``(1, n_embd)`` integers of
+  ``n_bits_output`` bits. The client decrypts them and dequantizes: it never needs ``c_proj``'s weights.
+
+The heads' sums are rounded before their lookups for the same reason as the products' sums: a lookup's
+cost grows with the bits it reads, and the compiler sizes the cryptographic parameters (and the keys) of
+every group of lookups for the widest input of the group.
 
 Per step at ``T`` tokens, ``n_embd = H d``, PBS: ``3 n_embd`` (q, k, v) ``+ 3 n_embd`` (their squares)
 ``+ H T (2 d + 4)`` (per cached token and head: ``2 d`` products, a step of the max chain, two ``exp`` and
 the square of its probability; the log of the sum makes up for the chain's missing step) ``+ n_embd``
-(output): linear in ``T``, where recomputing the whole sequence costs ``T**2``.
+(the heads' outputs) ``+ n_embd`` (the layer's output): linear in ``T``, where recomputing the whole
+sequence costs ``T**2``.
 
 :class:`KVCache` holds, per head, the keys and values of the tokens so far with their squares. On the
 server (:class:`course_lib.layer_circuit.LayerCircuit`) they are ciphertexts that never leave it.
@@ -37,8 +45,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from concrete import fhe
 
-from .dual_array import DualArray, QuantizedWeights, side_by_side
+from .dual_array import DualArray, QuantizedWeights, centering_offset, side_by_side
 from .fast_attention import FastHead
 from .quantization import Quantizer, QuantParams, check_float_data, check_n_bits
 
@@ -95,13 +104,30 @@ class QuantizedLayer:
             all not calibrated (:meth:`calibrate` then calibrates them).
         c_proj: the layer's output projection.
         n_bits_weights: bits of ``c_proj``'s clear weights (default: the heads').
+        n_bits_output: bits of the layer's output integers, what the client decrypts (default: the heads'
+            ``n_bits``).
 
     Attributes:
-        output_quantizer: the one quantizer of every head's output, which ``c_proj`` reads.
-        w_proj: ``c_proj``'s quantized weights (one scale: the heads' outputs share theirs).
+        heads_quantizer: the one quantizer of every head's output, which ``c_proj`` reads.
+        output_quantizer: the quantizer of the layer's output.
+        w_proj: ``c_proj``'s quantized weights, one scale fitted at calibration (None before): ``2**r``
+            units of the accumulator are one step of the output (``r``: :attr:`output_drop_bits`).
+        output_drop_bits: the bits ``c_proj``'s accumulator drops when it is rounded (fitted at calibration).
+        output_offset: what the accumulator is shifted by before it is rounded (a multiple of
+            ``2**output_drop_bits``; see :func:`~course_lib.dual_array.centering_offset`).
+        heads_drop_bits, heads_offsets: the same, per head, for the heads' output sums before their
+            requantization: rounded to the heads' ``lookup_bits`` (none if they have no ``lookup_bits``).
+        exact_output_rounding: round these sums exactly in FHE (as the heads round their projection:
+            ``exact_projection_rounding``); else approximately, with no extra PBS.
     """
 
-    def __init__(self, heads: Sequence[FastHead], c_proj: ProjectionWeights, n_bits_weights: int | None = None):
+    def __init__(
+        self,
+        heads: Sequence[FastHead],
+        c_proj: ProjectionWeights,
+        n_bits_weights: int | None = None,
+        n_bits_output: int | None = None,
+    ):
         self.heads = list(heads)
         if not self.heads or not all(isinstance(h, FastHead) and h.one_lookup_products for h in self.heads):
             raise ValueError("a QuantizedLayer takes a non-empty list of FastHead (with one-lookup products)")
@@ -116,9 +142,17 @@ class QuantizedLayer:
             raise ValueError(f"c_proj must be ({self.n_embd}, {self.n_embd}), got {c_proj.w.shape}")
         self.c_proj = c_proj
         self.n_bits = self.heads[0].n_bits
-        bits = self.heads[0].n_bits_weights if n_bits_weights is None else check_n_bits(n_bits_weights)
-        self.w_proj = QuantizedWeights.from_float(c_proj.w, bits)
-        self.output_quantizer = Quantizer(self.n_bits, name="heads' output")
+        self.n_bits_weights = self.heads[0].n_bits_weights if n_bits_weights is None else check_n_bits(n_bits_weights)
+        self.heads_quantizer = Quantizer(self.n_bits, name="heads' output")
+        self.output_quantizer = Quantizer(
+            self.n_bits if n_bits_output is None else check_n_bits(n_bits_output), name="layer's output"
+        )
+        self.exact_output_rounding = all(h.exact_projection_rounding for h in self.heads)
+        self.w_proj: QuantizedWeights | None = None
+        self.output_drop_bits = 0
+        self.output_offset = 0
+        self.heads_drop_bits = [0] * len(self.heads)
+        self.heads_offsets = [0] * len(self.heads)
 
     # -- calibration -----------------------------------------------------------------------------
     @property
@@ -126,9 +160,12 @@ class QuantizedLayer:
         return self.output_quantizer.is_frozen and all(h.is_calibrated for h in self.heads)
 
     def calibrate(self, inputs: Iterable[np.ndarray]) -> None:
-        """Calibrate the heads on the attention inputs ``(T, n_embd)`` (if they are not yet), then the
-        quantizer of their outputs on the same inputs; freeze."""
-        if self.output_quantizer.is_frozen:
+        """Calibrate the layer on the attention inputs ``(T, n_embd)``, then freeze it.
+
+        The heads first (if they are not yet), then on the same inputs: the quantizer of the heads'
+        outputs and the layer's output quantizer (on the float layer's values), ``c_proj``'s weights
+        aligned on both, and the accumulator's offset from its integers' range."""
+        if self.heads_quantizer.is_frozen:
             raise RuntimeError("this layer is already calibrated; make a new QuantizedLayer to calibrate again")
         inputs = [check_float_data(x, "the layer's input") for x in inputs]
         if not inputs:
@@ -140,10 +177,37 @@ class QuantizedLayer:
             raise ValueError(
                 "the heads of a layer must share their input quantizer (calibrate them on the same inputs)"
             )
-        for x in inputs:
-            for head in self.heads:
-                self.output_quantizer.observe(head.run(x).float)
+        sums = [[head.run(x) for head in self.heads] for x in inputs]  # per input, each head's output sums
+        self._fit_heads_rounding(sums)
+        for heads in sums:
+            for out in heads:
+                self.heads_quantizer.observe(out.float)
+            joined = np.concatenate([out.float for out in heads], axis=1)
+            self.output_quantizer.observe(joined @ self.c_proj.w + self.c_proj.b)  # the float layer's output
+        self.heads_quantizer.freeze()
         self.output_quantizer.freeze()
+        self._fit_c_proj(sums)
+
+    def _fit_heads_rounding(self, sums: list[list[DualArray]]) -> None:
+        """Each head's output sums: the bits to drop to reach ``lookup_bits``, and their offset."""
+        lookup_bits = self.heads[0].lookup_bits
+        for h in range(len(self.heads)):
+            head_sums = [heads[h] for heads in sums]
+            bits = max(out.bit_width() for out in head_sums)
+            self.heads_drop_bits[h] = drop = 0 if lookup_bits is None else max(0, bits - lookup_bits)
+            if drop:
+                self.heads_offsets[h] = _offset([out.int for out in head_sums], drop)
+
+    def _fit_c_proj(self, sums: list[list[DualArray]]) -> None:
+        """``c_proj``'s weights aligned on the two frozen quantizers, then its accumulator's offset."""
+        self.w_proj, self.output_drop_bits = QuantizedWeights.aligned(
+            self.c_proj.w, self.heads_quantizer.params.scale, self.output_quantizer.params.scale, self.n_bits_weights
+        )
+        if self.output_drop_bits:
+            accumulators = [
+                self._accumulator([self._head_output(h, out) for h, out in enumerate(heads)]).int for heads in sums
+            ]
+            self.output_offset = _offset(accumulators, self.output_drop_bits)
 
     @property
     def input_params(self) -> QuantParams:
@@ -151,35 +215,58 @@ class QuantizedLayer:
         return self.heads[0].quantizers["input"].params
 
     @property
-    def output_scale(self) -> float:
-        """The real value of one unit of :meth:`step`'s output integers (zero point 0)."""
-        return float(self.output_quantizer.params.scale * self.w_proj.params.scale)
+    def output_params(self) -> QuantParams:
+        """The quantizer of :meth:`step`'s output integers: all the client needs to read its rows."""
+        return self.output_quantizer.params
 
     # -- the computation, once -------------------------------------------------------------------
     def step(self, x: DualArray, cache: KVCache | None = None) -> tuple[DualArray, KVCache]:
         """One token: ``x`` ``(1, n_embd)`` and the cache of the earlier tokens (None or empty for the first)
-        to the layer's output row ``(1, n_embd)`` (``c_proj``'s accumulator) and the cache with this token."""
+        to the layer's output row ``(1, n_embd)`` (under :attr:`output_quantizer`) and the cache with this token."""
         if x.shape != (1, self.n_embd):
             raise ValueError(f"a step takes one token's x of shape (1, {self.n_embd}), got {x.shape}")
         cache = KVCache() if cache is None else cache
         if len(cache) and len(cache.tokens[0].keys) != len(self.heads):
             raise ValueError(f"the cache holds {len(cache.tokens[0].keys)} heads, the layer has {len(self.heads)}")
-        outputs, new_keys, new_values = [], [], []
+        sums, new_keys, new_values = [], [], []
         for h, head in enumerate(self.heads):
             q, k, v = head.project(x)  # (1, d) each
-            k = head._operand(k, "scores")  # the new key's squares, looked up once and cached with it
-            v = head._operand(v, "output")
+            with fhe.tag("cache"):
+                k = head._operand(k, "scores")  # the new key's squares, looked up once and cached with it
+                v = head._operand(v, "output")
             new_keys.append(k)
             new_values.append(v)
             if len(cache):
                 cached_k, cached_v = cache.head(h)
                 k, v = cached_k.append(k), cached_v.append(v)  # (T, d)
-            outputs.append(head.attend(q, k, v).requantize(self.output_quantizer))  # (1, d)
+            sums.append(head.attend(q, k, v))  # (1, d)
+        return self.combine(sums), cache.with_token(CachedToken(tuple(new_keys), tuple(new_values)))
+
+    def combine(self, sums: Sequence[DualArray]) -> DualArray:
+        """The heads' output sums, ``(T, d)`` each, to the layer's output ``(T, n_embd)``: each head's rounded
+        and requantized, side by side through ``c_proj``, whose accumulator is rounded and requantized."""
+        outputs = [self._head_output(h, out) for h, out in enumerate(sums)]
+        with fhe.tag("output"):
+            return (
+                self._accumulator(outputs)
+                .shifted(self.output_offset)
+                .requantize(self.output_quantizer, round_lsbs=self.output_drop_bits, exact=self.exact_output_rounding)
+            )
+
+    def _head_output(self, h: int, out: DualArray) -> DualArray:
+        """Head ``h``'s output sums, rounded and requantized onto the heads' shared quantizer (one lookup each)."""
+        with fhe.tag("heads_outputs"):
+            return out.shifted(self.heads_offsets[h]).requantize(
+                self.heads_quantizer, round_lsbs=self.heads_drop_bits[h], exact=self.exact_output_rounding
+            )
+
+    def _accumulator(self, outputs: Sequence[DualArray]) -> DualArray:
+        """``c_proj`` on the heads' requantized outputs ``(T, d)`` each: side by side in GPT-2's layout
+        ``(T, n_embd)``, times the clear weights, plus the bias (no PBS)."""
         joined = outputs[0]
         for out in outputs[1:]:
-            joined = joined.append(out, axis=1)  # (1, n_embd), GPT-2's layout of c_proj's input
-        y = joined.linear(self.w_proj, self.c_proj.b)
-        return y, cache.with_token(CachedToken(tuple(new_keys), tuple(new_values)))
+            joined = joined.append(out, axis=1)
+        return joined.linear(self.w_proj, self.c_proj.b)
 
     def run(self, x: np.ndarray) -> DualArray:
         """Quantize ``x`` ``(T, n_embd)`` and run it token after token in dual mode: the outputs ``(T, n_embd)``."""
@@ -219,3 +306,10 @@ class QuantizedLayer:
             keys.append(key.carrying_squares(head.drop_bits["scores"], k_squares[:, cols]))
             values.append(value.carrying_squares(head.drop_bits["output"], v_squares[:, cols]))
         return CachedToken(tuple(keys), tuple(values))
+
+
+def _offset(accumulators: Sequence[np.ndarray], drop_bits: int) -> int:
+    """The offset of accumulators about to lose ``drop_bits`` bits, from their range (0 included)."""
+    lowest = min(0, *(int(a.min()) for a in accumulators))
+    highest = max(0, *(int(a.max()) for a in accumulators))
+    return centering_offset(lowest, highest, 2**drop_bits)

@@ -61,8 +61,11 @@ class SwappedLayer(LayerHooks):
         model: a Hugging Face ``GPT2LMHeadModel``.
         layer: the layer to swap.
         n_bits: bits of the activations (every quantizer of the heads, and the heads' shared output).
-        n_bits_weights: bits of the clear weights (``c_attn``'s and ``c_proj``'s; default: the heads').
+        n_bits_weights: bits of ``c_attn``'s clear weights (default: the projection's).
         lookup_bits: width the lookups' inputs are rounded to (see :class:`~course_lib.fast_attention.FastHead`).
+        n_bits_c_proj: bits of ``c_proj``'s clear weights (default: ``c_attn``'s). Fewer bits drop fewer bits of
+            its accumulator (:meth:`QuantizedWeights.aligned <course_lib.dual_array.QuantizedWeights.aligned>`):
+            cheaper when that rounding is exact, which costs one PBS per dropped bit and value.
         projection: the projection's settings (default :data:`course_lib.fhe.DEFAULT_PROJECTION`).
     """
 
@@ -76,6 +79,7 @@ class SwappedLayer(LayerHooks):
         n_bits: int = 4,
         n_bits_weights: int | None = None,
         lookup_bits: int | None = None,
+        n_bits_c_proj: int | None = None,
         **projection,
     ) -> None:
         check_layer_head(model, layer, 0)
@@ -87,7 +91,7 @@ class SwappedLayer(LayerHooks):
             for h in range(model.config.n_head)
         ]
         #: The quantized layer (its heads and ``c_proj``), calibrated by :meth:`calibrate`.
-        self.quantized = QuantizedLayer(heads, projection_weights(model, layer), n_bits_weights)
+        self.quantized = QuantizedLayer(heads, projection_weights(model, layer), n_bits_c_proj)
         self.calibration_inputs: list[np.ndarray] = []
         #: The compiled module (:meth:`compile`).
         self.circuit: LayerCircuit | None = None

@@ -14,9 +14,8 @@ from course_lib.contract import CIRCUIT, RUN, STEP
 from course_lib.dual_array import DualArray
 from course_lib.fast_attention import FastHead
 from course_lib.fhe import DEFAULT_PROJECTION
-from course_lib.keys import ensure_keys
 from course_lib.layer import KVCache, ProjectionWeights, QuantizedLayer
-from course_lib.layer_circuit import LayerCircuit, step_name
+from course_lib.layer_circuit import LayerCircuit, configuration, step_name
 from course_lib.transport import unpack
 
 N_EMBD, HEAD_DIM, N_HEAD = 16, 4, 4
@@ -45,20 +44,21 @@ def float_layer(layer: QuantizedLayer, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def exact_layer():
-    return make_layer(exact=True)
+def exact_layer(tiny_swap):
+    """(layer, inputs): layer 0 of conftest's tiny GPT-2 (width 16, 4 heads of 4, 3 bits, every accumulator
+    rounded exactly) and its calibration inputs."""
+    return tiny_swap.quantized, tiny_swap.calibration_inputs
 
 
 @pytest.fixture(scope="module")
-def exact_circuit(exact_layer):
-    layer, inputs = exact_layer
-    return LayerCircuit(layer, inputs, max_tokens=3)
+def exact_circuit(tiny_swap):
+    """Its module of 3 steps, with keys (the same compiled module as test_swapped_layer's)."""
+    assert tiny_swap.circuit.max_tokens == 3
+    return tiny_swap.circuit
 
 
 @pytest.fixture(scope="module")
-def keyed_circuit(exact_circuit, tmp_path_factory):
-    """The exact circuit with its keys (generated once for the module's tests, in a temporary cache)."""
-    ensure_keys(exact_circuit.module, tmp_path_factory.mktemp("keys"), progress=False)
+def keyed_circuit(exact_circuit):
     return exact_circuit
 
 
@@ -75,16 +75,13 @@ def test_float_side_is_gpt2s_attention_layer(exact_layer):
 
 
 def test_steps_give_the_integers_of_the_whole_sequence(exact_layer):
-    """Token after token with a KV cache: the rows of every head run on the whole sequence, requantized,
-    then c_proj: the same integers."""
+    """Token after token with a KV cache: the integers of every head run on the whole sequence, combined
+    (each head's sums requantized, c_proj, its accumulator requantized)."""
     layer, inputs = exact_layer
     x = inputs[1][:5]
-    outputs = [head.run(x).requantize(layer.output_quantizer) for head in layer.heads]
-    joined = outputs[0]
-    for out in outputs[1:]:
-        joined = joined.append(out, axis=1)
-    whole = joined.linear(layer.w_proj, layer.c_proj.b)
+    whole = layer.combine([head.run(x) for head in layer.heads])
     np.testing.assert_array_equal(layer.run(x).int, whole.int)
+    assert whole.int.min() >= layer.output_params.qmin and whole.int.max() <= layer.output_params.qmax
 
 
 def test_the_cache_keeps_one_entry_per_token(exact_layer):
@@ -156,7 +153,7 @@ def test_approximate_rounding_stays_close():
     a lot: single outputs may jump. On average over the inputs the simulated layer stays about as close to
     the float layer as the clear integers are (measured: 1.0 to 1.2 times their mean error)."""
     layer, inputs = make_layer(seed=3, exact=False)
-    circuit = LayerCircuit(layer, inputs, max_tokens=2)
+    circuit = LayerCircuit(layer, inputs, max_tokens=2, config=configuration(fhe_execution=False, fhe_simulation=True))
     assert not circuit.is_exact
     simulated_error, clear_error, differs = [], [], False
     for x in inputs[:8]:

@@ -1,8 +1,8 @@
 """course_lib.swapped_layer: a whole attention layer of a GPT-2 swapped for the quantized layer, in every mode.
 
-A tiny random GPT-2 (width 16, four heads of 4, weights drawn wider than GPT-2's initialisation so that its
-attention is not uniform) at 3 bits, and a module of 3 steps, keep compilation and keys affordable; the
-exact rounding of the projection makes simulation and execution equal the clear integers bit for bit.
+The tiny random GPT-2 of ``conftest.py`` at 3 bits, and a module of 3 steps, keep compilation and keys
+affordable; the exact rounding of the accumulators makes simulation and execution equal the clear integers
+bit for bit.
 """
 
 from __future__ import annotations
@@ -12,37 +12,25 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from conftest import TINY_MAX_TOKENS
 
 from course_lib.client import RemoteLayer, ServerProcess
 from course_lib.data import load_calibration_prompts
 from course_lib.layer import ProjectionWeights
-from course_lib.models import load_tokenizer
 from course_lib.swapped_layer import SwappedLayer, projection_weights
 
 PROMPT = "Cryptography is a"
-MAX_TOKENS = 3
+MAX_TOKENS = TINY_MAX_TOKENS
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    tokenizer = load_tokenizer()
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=16, n_embd=16, n_layer=2, n_head=4, initializer_range=0.2
-    )
-    return GPT2LMHeadModel(config).eval(), tokenizer
+def tiny(tiny_gpt2):
+    return tiny_gpt2
 
 
 @pytest.fixture(scope="module")
-def swap(tiny, tmp_path_factory):
-    model, tokenizer = tiny
-    swap = SwappedLayer(model, 0, n_bits=3, lookup_bits=5, exact_projection_rounding=True)
-    swap.calibrate(tokenizer, load_calibration_prompts(limit=24))
-    swap.compile(MAX_TOKENS)
-    swap.ensure_keys(tmp_path_factory.mktemp("keys"), progress=False)
-    yield swap
-    swap.remove()
+def swap(tiny_swap):
+    return tiny_swap
 
 
 def prompt_ids(tokenizer):
