@@ -19,11 +19,9 @@ computes one step on :class:`~course_lib.dual_array.DualArray`, the same code in
 - it attends for the one new query over the cache (:meth:`FastHead.attend
   <course_lib.fast_attention.FastHead.attend>`);
 - the heads' outputs (sums of products) are rounded to the heads' ``lookup_bits`` and requantized onto one
-  shared quantizer (one lookup per value), so that ``c_proj``'s clear weights can sum them;
-- ``c_proj``'s accumulator is rounded and requantized to the layer's output quantizer (one lookup per
-  value), as the heads round theirs (:meth:`QuantizedWeights.aligned
-  <course_lib.dual_array.QuantizedWeights.aligned>`): the step's output, ``(1, n_embd)`` integers of
-  ``n_bits_output`` bits. The client decrypts them and dequantizes: it never needs ``c_proj``'s weights.
+  shared quantizer (one lookup per value), so that ``c_proj``'s clear weights can sum them: its
+  accumulator, ``(1, n_embd)``, is the step's output. The client decrypts it and multiplies by its scale:
+  it never needs ``c_proj``'s weights.
 
 The heads' sums are rounded before their lookups for the same reason as the products' sums: a lookup's
 cost grows with the bits it reads, and the compiler sizes the cryptographic parameters (and the keys) of
@@ -32,8 +30,7 @@ every group of lookups for the widest input of the group.
 Per step at ``T`` tokens, ``n_embd = H d``, PBS: ``3 n_embd`` (q, k, v) ``+ 3 n_embd`` (their squares)
 ``+ H T (2 d + 4)`` (per cached token and head: ``2 d`` products, a step of the max chain, two ``exp`` and
 the square of its probability; the log of the sum makes up for the chain's missing step) ``+ n_embd``
-(the heads' outputs) ``+ n_embd`` (the layer's output): linear in ``T``, where recomputing the whole
-sequence costs ``T**2``.
+(the heads' outputs): linear in ``T``, where recomputing the whole sequence costs ``T**2``.
 
 :class:`KVCache` holds, per head, the keys and values of the tokens so far with their squares. On the
 server (:class:`course_lib.layer_circuit.LayerCircuit`) they are ciphertexts that never leave it.
@@ -104,21 +101,17 @@ class QuantizedLayer:
             all not calibrated (:meth:`calibrate` then calibrates them).
         c_proj: the layer's output projection.
         n_bits_weights: bits of ``c_proj``'s clear weights (default: the heads').
-        n_bits_output: bits of the layer's output integers, what the client decrypts (default: the heads'
-            ``n_bits``).
 
     Attributes:
         heads_quantizer: the one quantizer of every head's output, which ``c_proj`` reads.
-        output_quantizer: the quantizer of the layer's output.
-        w_proj: ``c_proj``'s quantized weights, one scale fitted at calibration (None before): ``2**r``
-            units of the accumulator are one step of the output (``r``: :attr:`output_drop_bits`).
-        output_drop_bits: the bits ``c_proj``'s accumulator drops when it is rounded (fitted at calibration).
-        output_offset: what the accumulator is shifted by before it is rounded (a multiple of
-            ``2**output_drop_bits``; see :func:`~course_lib.dual_array.centering_offset`).
-        heads_drop_bits, heads_offsets: the same, per head, for the heads' output sums before their
-            requantization: rounded to the heads' ``lookup_bits`` (none if they have no ``lookup_bits``).
-        exact_output_rounding: round these sums exactly in FHE (as the heads round their projection:
-            ``exact_projection_rounding``); else approximately, with no extra PBS.
+        w_proj: ``c_proj``'s quantized weights (one scale: the heads' outputs share theirs).
+        heads_drop_bits: per head, the bits its output sums drop before their requantization, to reach the
+            heads' ``lookup_bits`` (none if they have no ``lookup_bits``; fitted at calibration).
+        heads_offsets: per head, what its sums are shifted by before they are rounded (a multiple of
+            ``2**drop``; see :func:`~course_lib.dual_array.centering_offset`).
+        exact_rounding: round those sums exactly in FHE (as the heads round their projection:
+            ``exact_projection_rounding``, one PBS per dropped bit and value); else approximately, with no
+            extra PBS.
     """
 
     def __init__(
@@ -126,7 +119,6 @@ class QuantizedLayer:
         heads: Sequence[FastHead],
         c_proj: ProjectionWeights,
         n_bits_weights: int | None = None,
-        n_bits_output: int | None = None,
     ):
         self.heads = list(heads)
         if not self.heads or not all(isinstance(h, FastHead) and h.one_lookup_products for h in self.heads):
@@ -142,29 +134,23 @@ class QuantizedLayer:
             raise ValueError(f"c_proj must be ({self.n_embd}, {self.n_embd}), got {c_proj.w.shape}")
         self.c_proj = c_proj
         self.n_bits = self.heads[0].n_bits
-        self.n_bits_weights = self.heads[0].n_bits_weights if n_bits_weights is None else check_n_bits(n_bits_weights)
+        bits = self.heads[0].n_bits_weights if n_bits_weights is None else check_n_bits(n_bits_weights)
+        self.w_proj = QuantizedWeights.from_float(c_proj.w, bits)
         self.heads_quantizer = Quantizer(self.n_bits, name="heads' output")
-        self.output_quantizer = Quantizer(
-            self.n_bits if n_bits_output is None else check_n_bits(n_bits_output), name="layer's output"
-        )
-        self.exact_output_rounding = all(h.exact_projection_rounding for h in self.heads)
-        self.w_proj: QuantizedWeights | None = None
-        self.output_drop_bits = 0
-        self.output_offset = 0
+        self.exact_rounding = all(h.exact_projection_rounding for h in self.heads)
         self.heads_drop_bits = [0] * len(self.heads)
         self.heads_offsets = [0] * len(self.heads)
 
     # -- calibration -----------------------------------------------------------------------------
     @property
     def is_calibrated(self) -> bool:
-        return self.output_quantizer.is_frozen and all(h.is_calibrated for h in self.heads)
+        return self.heads_quantizer.is_frozen and all(h.is_calibrated for h in self.heads)
 
     def calibrate(self, inputs: Iterable[np.ndarray]) -> None:
         """Calibrate the layer on the attention inputs ``(T, n_embd)``, then freeze it.
 
-        The heads first (if they are not yet), then on the same inputs: the quantizer of the heads'
-        outputs and the layer's output quantizer (on the float layer's values), ``c_proj``'s weights
-        aligned on both, and the accumulator's offset from its integers' range."""
+        The heads first (if they are not yet), then on the same inputs the rounding of each head's output
+        sums (:attr:`heads_drop_bits`, :attr:`heads_offsets`) and the quantizer of the heads' outputs."""
         if self.heads_quantizer.is_frozen:
             raise RuntimeError("this layer is already calibrated; make a new QuantizedLayer to calibrate again")
         inputs = [check_float_data(x, "the layer's input") for x in inputs]
@@ -182,11 +168,7 @@ class QuantizedLayer:
         for heads in sums:
             for out in heads:
                 self.heads_quantizer.observe(out.float)
-            joined = np.concatenate([out.float for out in heads], axis=1)
-            self.output_quantizer.observe(joined @ self.c_proj.w + self.c_proj.b)  # the float layer's output
         self.heads_quantizer.freeze()
-        self.output_quantizer.freeze()
-        self._fit_c_proj(sums)
 
     def _fit_heads_rounding(self, sums: list[list[DualArray]]) -> None:
         """Each head's output sums: the bits to drop to reach ``lookup_bits``, and their offset."""
@@ -196,18 +178,9 @@ class QuantizedLayer:
             bits = max(out.bit_width() for out in head_sums)
             self.heads_drop_bits[h] = drop = 0 if lookup_bits is None else max(0, bits - lookup_bits)
             if drop:
-                self.heads_offsets[h] = _offset([out.int for out in head_sums], drop)
-
-    def _fit_c_proj(self, sums: list[list[DualArray]]) -> None:
-        """``c_proj``'s weights aligned on the two frozen quantizers, then its accumulator's offset."""
-        self.w_proj, self.output_drop_bits = QuantizedWeights.aligned(
-            self.c_proj.w, self.heads_quantizer.params.scale, self.output_quantizer.params.scale, self.n_bits_weights
-        )
-        if self.output_drop_bits:
-            accumulators = [
-                self._accumulator([self._head_output(h, out) for h, out in enumerate(heads)]).int for heads in sums
-            ]
-            self.output_offset = _offset(accumulators, self.output_drop_bits)
+                lowest = min(0, *(int(out.int.min()) for out in head_sums))
+                highest = max(0, *(int(out.int.max()) for out in head_sums))
+                self.heads_offsets[h] = centering_offset(lowest, highest, 2**drop)
 
     @property
     def input_params(self) -> QuantParams:
@@ -215,14 +188,14 @@ class QuantizedLayer:
         return self.heads[0].quantizers["input"].params
 
     @property
-    def output_params(self) -> QuantParams:
-        """The quantizer of :meth:`step`'s output integers: all the client needs to read its rows."""
-        return self.output_quantizer.params
+    def output_scale(self) -> float:
+        """The real value of one unit of :meth:`step`'s output integers (zero point 0)."""
+        return float(self.heads_quantizer.params.scale * self.w_proj.params.scale)
 
     # -- the computation, once -------------------------------------------------------------------
     def step(self, x: DualArray, cache: KVCache | None = None) -> tuple[DualArray, KVCache]:
         """One token: ``x`` ``(1, n_embd)`` and the cache of the earlier tokens (None or empty for the first)
-        to the layer's output row ``(1, n_embd)`` (under :attr:`output_quantizer`) and the cache with this token."""
+        to the layer's output row ``(1, n_embd)`` (``c_proj``'s accumulator) and the cache with this token."""
         if x.shape != (1, self.n_embd):
             raise ValueError(f"a step takes one token's x of shape (1, {self.n_embd}), got {x.shape}")
         cache = KVCache() if cache is None else cache
@@ -243,26 +216,17 @@ class QuantizedLayer:
         return self.combine(sums), cache.with_token(CachedToken(tuple(new_keys), tuple(new_values)))
 
     def combine(self, sums: Sequence[DualArray]) -> DualArray:
-        """The heads' output sums, ``(T, d)`` each, to the layer's output ``(T, n_embd)``: each head's rounded
-        and requantized, side by side through ``c_proj``, whose accumulator is rounded and requantized."""
-        outputs = [self._head_output(h, out) for h, out in enumerate(sums)]
-        with fhe.tag("output"):
-            return (
-                self._accumulator(outputs)
-                .shifted(self.output_offset)
-                .requantize(self.output_quantizer, round_lsbs=self.output_drop_bits, exact=self.exact_output_rounding)
-            )
-
-    def _head_output(self, h: int, out: DualArray) -> DualArray:
-        """Head ``h``'s output sums, rounded and requantized onto the heads' shared quantizer (one lookup each)."""
+        """The heads' output sums, ``(T, d)`` each, to the layer's output ``(T, n_embd)``: each head's sums
+        rounded and requantized onto the shared quantizer (one lookup each), side by side in GPT-2's layout,
+        through ``c_proj`` (its accumulator, no PBS)."""
+        outputs = []
         with fhe.tag("heads_outputs"):
-            return out.shifted(self.heads_offsets[h]).requantize(
-                self.heads_quantizer, round_lsbs=self.heads_drop_bits[h], exact=self.exact_output_rounding
-            )
-
-    def _accumulator(self, outputs: Sequence[DualArray]) -> DualArray:
-        """``c_proj`` on the heads' requantized outputs ``(T, d)`` each: side by side in GPT-2's layout
-        ``(T, n_embd)``, times the clear weights, plus the bias (no PBS)."""
+            for h, out in enumerate(sums):
+                outputs.append(
+                    out.shifted(self.heads_offsets[h]).requantize(
+                        self.heads_quantizer, round_lsbs=self.heads_drop_bits[h], exact=self.exact_rounding
+                    )
+                )
         joined = outputs[0]
         for out in outputs[1:]:
             joined = joined.append(out, axis=1)
@@ -306,10 +270,3 @@ class QuantizedLayer:
             keys.append(key.carrying_squares(head.drop_bits["scores"], k_squares[:, cols]))
             values.append(value.carrying_squares(head.drop_bits["output"], v_squares[:, cols]))
         return CachedToken(tuple(keys), tuple(values))
-
-
-def _offset(accumulators: Sequence[np.ndarray], drop_bits: int) -> int:
-    """The offset of accumulators about to lose ``drop_bits`` bits, from their range (0 included)."""
-    lowest = min(0, *(int(a.min()) for a in accumulators))
-    highest = max(0, *(int(a.max()) for a in accumulators))
-    return centering_offset(lowest, highest, 2**drop_bits)

@@ -10,8 +10,8 @@ computes the ``T``-th token of a sequence:
   ``x`` ``(1, n_embd)`` and, for each earlier token ``j``, the four rows ``(1, n_embd)`` the cache keeps of
   it (:data:`course_lib.layer.CACHE_ARRAYS`);
 
-and each returns the layer's output row ``(1, n_embd)`` (``c_proj``'s output, requantized) and its own
-token's four rows. Only ``x`` comes from the client. The rows ``step_j`` returns are *wired* (``fhe.Wired``) to their
+and each returns the layer's output row ``(1, n_embd)`` (``c_proj``'s accumulator) and its own token's four
+rows. Only ``x`` comes from the client. The rows ``step_j`` returns are *wired* (``fhe.Wired``) to their
 place in the inputs of every later step: the compiler encodes both ends alike, so the server feeds one
 function's encrypted outputs to the next without the client. So the server keeps each session's cache, as
 ciphertexts it cannot read, and the client sends one row per token: the bytes sent per step stay flat while
@@ -27,8 +27,8 @@ one width. Modules need the ``"multi"`` parameter strategy, also in a memory-cap
 
 As for :class:`~course_lib.fhe.HeadCircuit`, three ways to run the same integers: :meth:`LayerCircuit.clear`
 (:meth:`QuantizedLayer.step` on NumPy), :meth:`LayerCircuit.simulate` and :meth:`LayerCircuit.execute`.
-The accumulators of the projection and of ``c_proj`` are rounded approximately (no extra PBS, see
-:class:`~course_lib.attention.QuantizedHead`'s ``exact_projection_rounding``): then a q, k, v or output
+The projection's accumulators and the heads' output sums are rounded approximately (no extra PBS, see
+:class:`~course_lib.attention.QuantizedHead`'s ``exact_projection_rounding``): then a q, k, v or head output
 integer close to halfway may come out one off the clear one, in simulation and on ciphertexts alike; every
 other value is exact (:attr:`LayerCircuit.is_exact`).
 """
@@ -78,8 +78,8 @@ class LayerCircuit:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int | np.integer) or max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         self.layer, self.max_tokens = layer, int(max_tokens)
-        #: What the client needs, and all it needs: the quantizers of ``x`` and of the output integers.
-        self.input_params, self.output_params = layer.input_params, layer.output_params
+        #: What the client needs, and all it needs: the quantizer of ``x`` and the output integers' scale.
+        self.input_params, self.output_scale = layer.input_params, layer.output_scale
         self.n_embd = layer.n_embd
         inputsets = self._inputsets(inputs)
         functions = [self._function(t) for t in range(1, self.max_tokens + 1)]
@@ -161,8 +161,8 @@ class LayerCircuit:
         return np.asarray(self.input_params.quantize(x), dtype=np.int64)
 
     def dequantize(self, y: np.ndarray) -> np.ndarray:
-        """Output integers to reals with the output quantizer: no weight needed."""
-        return self.output_params.dequantize(y)
+        """Output integers (``c_proj``'s accumulators) to reals: one scale, no weight needed."""
+        return np.asarray(y, dtype=np.float64) * self.output_scale
 
     def check_row(self, x: np.ndarray, tokens: int) -> np.ndarray:
         """Check one token's integers ``(1, n_embd)`` for step ``tokens`` before anything is encrypted."""
@@ -281,7 +281,7 @@ class LayerCircuit:
         """True if simulation and execution give exactly the clear integers (see the module docstring)."""
         layer = self.layer
         return all(h.rounds_projection_exactly for h in layer.heads) and (
-            layer.exact_output_rounding or not layer.output_drop_bits
+            layer.exact_rounding or not any(layer.heads_drop_bits)
         )
 
     # -- what it costs -----------------------------------------------------------------------------

@@ -63,9 +63,7 @@ class SwappedLayer(LayerHooks):
         n_bits: bits of the activations (every quantizer of the heads, and the heads' shared output).
         n_bits_weights: bits of ``c_attn``'s clear weights (default: the projection's).
         lookup_bits: width the lookups' inputs are rounded to (see :class:`~course_lib.fast_attention.FastHead`).
-        n_bits_c_proj: bits of ``c_proj``'s clear weights (default: ``c_attn``'s). Fewer bits drop fewer bits of
-            its accumulator (:meth:`QuantizedWeights.aligned <course_lib.dual_array.QuantizedWeights.aligned>`):
-            cheaper when that rounding is exact, which costs one PBS per dropped bit and value.
+        n_bits_c_proj: bits of ``c_proj``'s clear weights (default: ``c_attn``'s).
         projection: the projection's settings (default :data:`course_lib.fhe.DEFAULT_PROJECTION`).
     """
 

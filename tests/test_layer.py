@@ -76,12 +76,12 @@ def test_float_side_is_gpt2s_attention_layer(exact_layer):
 
 def test_steps_give_the_integers_of_the_whole_sequence(exact_layer):
     """Token after token with a KV cache: the integers of every head run on the whole sequence, combined
-    (each head's sums requantized, c_proj, its accumulator requantized)."""
+    (each head's sums rounded and requantized, then c_proj)."""
     layer, inputs = exact_layer
     x = inputs[1][:5]
     whole = layer.combine([head.run(x) for head in layer.heads])
     np.testing.assert_array_equal(layer.run(x).int, whole.int)
-    assert whole.int.min() >= layer.output_params.qmin and whole.int.max() <= layer.output_params.qmax
+    assert any(layer.heads_drop_bits)  # the rounding of the heads' sums is on that path
 
 
 def test_the_cache_keeps_one_entry_per_token(exact_layer):
