@@ -9,7 +9,8 @@ sequence length and n_bits asked for, in each *scope* asked for (``--scopes``):
 - ``projection+attention``: it starts from the client's encrypted attention input x, the
   projection's weights being clear constants inside the server's circuit (the fast design only,
   with :data:`course_lib.fhe.DEFAULT_PROJECTION`: weight scales aligned with the q, k, v
-  quantizers, accumulators rounded approximately).
+  quantizers, accumulators rounded approximately);
+- ``layer``: the whole attention layer from x, c_proj included (below).
 
 - ``published``: :class:`course_lib.attention.QuantizedHead` with exact products. It builds
   the full score matrix and then masks it, re-quantizes after every step, takes the max by a
@@ -31,6 +32,16 @@ agreement does not depend on the length. A head that rounds its projection appro
 agreement with that rounding simulated by concrete (``top1_simulated_rounding``). Last come compile-only
 PBS counts for a GPT-2-shaped head (head dim 64, model width 768, random weights) at lengths 4,
 6, 8 and 16.
+
+Then the ``layer`` scope (``--layer-lengths``, default 4; ``--layer-n-bits``, default 4; its rows record the
+passages their agreement was measured on): the whole attention
+layer 0, as the published split runs it on the server (:class:`course_lib.swapped_layer.SwappedLayer`:
+``c_attn``, every fast head and ``c_proj``, one function per sequence length, the encrypted KV cache passed
+from step to step). For each maximum length it reports the PBS of every step, the widest integer, the
+compiler's complexity, the evaluation keys before compression and, when it runs (``--execute-n-bits``), as
+uploaded (compressed), the bytes of one token's encrypted ``x``, the key generation time, and the time of
+every step of a sequence of that length on ciphertexts (median of ``--runs``) against its PBS floor; top-1
+and top-5 agreement come from the clear quantized layer swapped into the model.
 
 Executions are slow. They run for the n_bits given by ``--execute-n-bits`` (default: 4, the
 course's setting), the lengths given by ``--execute-lengths`` (default: all), and circuits whose
@@ -60,6 +71,7 @@ import torch
 from concrete import fhe
 
 from course_lib.attention import HeadWeights
+from course_lib.contract import LAYER_SCOPE, SCOPES
 from course_lib.data import load_calibration_prompts, load_evaluation_passages
 from course_lib.dual_array import DualArray
 from course_lib.evaluation import float_top1, sweep_topk_agreement, topk_agreement, topk_predictions
@@ -72,7 +84,9 @@ from course_lib.fhe import (
     lookups_per_width,
 )
 from course_lib.gpt2 import SwappedHead, head_class, head_weights
+from course_lib.layer_circuit import LayerSession, step_name
 from course_lib.models import load_model, load_tokenizer
+from course_lib.swapped_layer import SwappedLayer
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "attention_fhe.json"
 
@@ -111,8 +125,9 @@ def isolated_pbs_seconds(width: int, elements: int = 64, runs: int = 3) -> float
 
     A circuit of ``elements`` lookups side by side (run in parallel, as a circuit's are), compiled with the
     course's configuration; one warm-up run (the first decompresses the keys), then the median of ``runs``.
+    A 1-bit lookup is timed as a 2-bit one (this test table would be constant on 1 bit, and no PBS at all).
     """
-    half = 2 ** (width - 1)
+    half = 2 ** (max(width, 2) - 1)
     table = fhe.univariate(lambda v: np.abs(v) // 2)
 
     def lookups(x):
@@ -188,7 +203,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-bits", type=int, nargs="+", default=[4, 5, 6, 7], help="activation bits")
     parser.add_argument("--designs", nargs="+", default=["published", "fast"], choices=["published", "fast"])
     parser.add_argument(
-        "--scopes", nargs="+", default=list(HEAD_SCOPES), choices=HEAD_SCOPES, help="what the circuit starts from"
+        "--scopes", nargs="+", default=list(SCOPES), choices=SCOPES, help="what the circuit starts from"
     )
     parser.add_argument(
         "--execute-n-bits", type=int, nargs="*", default=[4], help="n_bits whose circuits also run encrypted"
@@ -208,7 +223,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="encrypted runs per circuit (the median is kept)")
     parser.add_argument("--limit", type=int, default=None, help="evaluation passages (default: all)")
     parser.add_argument("--gpt2-lengths", type=int, nargs="*", default=[4, 6, 8, 16], help="GPT-2-shaped head")
-    parser.add_argument("--quick", action="store_true", help="smoke test: length 4, n_bits 4, no run, 20 passages")
+    parser.add_argument(
+        "--layer-lengths", type=int, nargs="*", default=[4], help="maximum lengths of the whole layer's module"
+    )
+    parser.add_argument("--layer-n-bits", type=int, nargs="*", default=[4], help="activation bits of the layer")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: length 4 (the layer: 2), n_bits 4, no run, 20 passages"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output (default: %(default)s)")
     parser.add_argument(
         "--merge",
@@ -218,7 +239,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.lengths, args.n_bits, args.execute_n_bits, args.limit = [4], [4], [], 20
-        args.gpt2_lengths = [4]
+        args.gpt2_lengths, args.layer_lengths = [4], [2]
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     return args
@@ -294,6 +315,90 @@ def measure_circuit(
     return row
 
 
+def measure_layer(
+    model,
+    tokenizer,
+    prompts,
+    passages,
+    reference,
+    n_bits: int,
+    max_tokens: int,
+    execute: bool,
+    runs: int,
+    pbs_costs: dict[int, float] | None = None,
+) -> dict:
+    """Layer 0 whole (scope ``"layer"``): swapped into the model for its top-k agreement, compiled as a module of
+    steps ``1..max_tokens``; if ``execute``, keys generated and a sequence of ``max_tokens`` tokens run step by
+    step on ciphertexts ``runs`` times (after one warm-up step), each step timed and set against its PBS floor."""
+    lookup_bits = design_lookup_bits("fast", n_bits)
+    row: dict = {
+        "scope": LAYER_SCOPE,
+        "design": "fast",
+        "n_bits": n_bits,
+        "lookup_bits": lookup_bits,
+        "length": max_tokens,
+        "projection": DEFAULT_PROJECTION,
+        "passages": len(passages),
+    }
+    with SwappedLayer(model, 0, n_bits=n_bits, lookup_bits=lookup_bits) as swap:
+        swap.calibrate(tokenizer, prompts)
+        swap.mode = "quantized"
+        agreement, _ = topk_agreement(reference, topk_predictions(model, tokenizer, passages, 5), (1, 5))
+        swap.mode = "float"
+        circuit = swap.compile(max_tokens)
+        inputs = swap.calibration_inputs
+    module = circuit.module
+    functions = [getattr(module, step_name(t)) for t in circuit.steps]
+    pbs = circuit.pbs_per_step()
+    row.update(
+        top1=agreement[1],
+        top5=agreement[5],
+        max_bit_width=max(int(f.graph.maximum_integer_bit_width()) for f in functions),
+        pbs=sum(pbs.values()),
+        pbs_per_step={str(t): n for t, n in pbs.items()},
+        complexity=module.complexity,
+        evaluation_keys_mb=round((module.size_of_bootstrap_keys + module.size_of_keyswitch_keys) / 1e6, 1),
+        compile_seconds=round(circuit.compile_seconds, 2),
+        x_bytes_per_step=circuit.x_bytes,
+        exact=circuit.is_exact,
+    )
+    x = circuit.encode(inputs[-1][:max_tokens])
+    simulated, clear = circuit.simulate(x), circuit.clear(x)
+    if circuit.is_exact and not np.array_equal(simulated, clear):
+        raise AssertionError(f"the layer's simulation differs from the clear computation (length {max_tokens})")
+    if not circuit.is_exact:
+        row["simulation_max_difference"] = int(np.abs(simulated - clear).max())
+    if not execute:
+        return row
+    start = time.perf_counter()
+    module.keygen(force=True)
+    row["keygen_seconds"] = round(time.perf_counter() - start, 2)
+    row["evaluation_keys_compressed_mb"] = round(len(module.keys.evaluation.serialize()) / 1e6, 1)
+    LayerSession(circuit).step(x[:1])  # warm-up: the first run decompresses the keys
+    step_seconds, differences = {t: [] for t in circuit.steps}, []
+    for _ in range(runs):
+        session, rows = LayerSession(circuit), []
+        for t in circuit.steps:
+            start = time.perf_counter()
+            rows.append(session.step(x[t - 1 : t]))
+            step_seconds[t].append(time.perf_counter() - start)
+        out = np.concatenate(rows)
+        if circuit.is_exact and not np.array_equal(out, simulated):
+            raise AssertionError(f"the layer's execution differs from its simulation (length {max_tokens})")
+        differences.append(int(np.abs(out - clear).max()))
+    medians = {t: statistics.median(seconds) for t, seconds in step_seconds.items()}
+    row["step_seconds_median"] = {str(t): round(s, 2) for t, s in medians.items()}
+    row["run_seconds_median"] = round(sum(medians.values()), 2)
+    if not circuit.is_exact:
+        row["execution_max_difference"] = max(differences)
+    if pbs_costs is not None:
+        floors = {t: pbs_floor(lookups_per_width(f), pbs_costs) for t, f in zip(circuit.steps, functions, strict=True)}
+        row["step_floor_seconds"] = {str(t): round(s, 2) for t, s in floors.items()}
+        row["pbs_floor_seconds"] = round(sum(floors.values()), 2)
+        row["floor_ratio"] = round(row["run_seconds_median"] / row["pbs_floor_seconds"], 2)
+    return row
+
+
 def gpt2_shaped_counts(designs: list[str], lengths: list[int], n_bits: int = 4) -> list[dict]:
     """Compile-only PBS counts and bit widths of a GPT-2-shaped head (random weights, random inputs)."""
     weights = HeadWeights.random(768, 64, seed=0)
@@ -364,7 +469,10 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     rows, pbs_costs = [], {}
     measured = [
-        (scope, design) for scope in args.scopes for design in args.designs if scope == "attention" or design == "fast"
+        (scope, design)
+        for scope in args.scopes
+        for design in args.designs
+        if scope in HEAD_SCOPES and (scope == "attention" or design == "fast")
     ]
     for scope, design in measured:
         options = head_options(scope)
@@ -421,8 +529,20 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 rows.append(row)
                 print(format_table([row]).splitlines()[-1], flush=True)
+    layer_rows = []
+    for n_bits in args.layer_n_bits if LAYER_SCOPE in args.scopes else []:
+        for max_tokens in args.layer_lengths:
+            execute = n_bits in args.execute_n_bits and (
+                args.execute_lengths is None or max_tokens in args.execute_lengths
+            )
+            layer_rows.append(
+                measure_layer(
+                    model, tokenizer, prompts, passages, reference, n_bits, max_tokens, execute, args.runs, pbs_costs
+                )
+            )
+            print(format_table(layer_rows).splitlines()[-1], flush=True)
     print()
-    print(format_table(rows))
+    print(format_table(rows + layer_rows))
     gpt2_rows = gpt2_shaped_counts(args.designs, args.gpt2_lengths) if args.gpt2_lengths else []
     seconds = time.perf_counter() - start
     print(f"published design, GPT-2 head at 6 tokens (published figure): {PUBLISHED_GPT2_PBS_AT_6:,} PBS")
@@ -433,6 +553,8 @@ def main(argv: list[str] | None = None) -> None:
         remeasured = {_row_key(r) for r in rows}
         kept = [{"scope": "attention", **r} for r in previous["head"]]
         rows = [r for r in kept if _row_key(r) not in remeasured] + rows
+        relayered = {_row_key(r) for r in layer_rows}
+        layer_rows = [r for r in previous.get("layer", []) if _row_key(r) not in relayered] + layer_rows
         if args.gpt2_lengths:
             gpt2_rows = [r for r in previous["gpt2_shaped_head"] if r["design"] not in args.designs] + gpt2_rows
         else:
@@ -446,6 +568,7 @@ def main(argv: list[str] | None = None) -> None:
         "cpu_count": os.cpu_count(),
         "seconds": round(seconds),
         "head": rows,
+        "layer": layer_rows,
         "gpt2_shaped_head": gpt2_rows,
         "published_gpt2_pbs_at_6": PUBLISHED_GPT2_PBS_AT_6,
         "isolated_pbs_seconds": {str(w): round(c, 5) for w, c in sorted(pbs_costs.items())},
