@@ -396,6 +396,8 @@ def measure_layer(
         row["step_floor_seconds"] = {str(t): round(s, 2) for t, s in floors.items()}
         row["pbs_floor_seconds"] = round(sum(floors.values()), 2)
         row["floor_ratio"] = round(row["run_seconds_median"] / row["pbs_floor_seconds"], 2)
+        widths = sorted({w for f in functions for w in lookups_per_width(f)})
+        row["isolated_pbs_seconds"] = {str(w): round(pbs_costs[w], 5) for w in widths}  # what the floor used
     return row
 
 
@@ -548,6 +550,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"published design, GPT-2 head at 6 tokens (published figure): {PUBLISHED_GPT2_PBS_AT_6:,} PBS")
     print(f"took {seconds:.0f} s")
     command = "benchmarks/attention_fhe.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    head_passages = len(passages)  # the passages of the head rows' agreement (a layer row records its own)
     if args.merge and args.out.exists():
         previous = json.loads(args.out.read_text(encoding="utf-8"))
         remeasured = {_row_key(r) for r in rows}
@@ -560,9 +563,12 @@ def main(argv: list[str] | None = None) -> None:
         else:
             gpt2_rows = previous["gpt2_shaped_head"]
         command = f"{previous['command']}; then {command}"
+        if not measured:  # no head row re-measured: the head rows keep their passages and PBS timings
+            head_passages = previous["passages"]
+            pbs_costs = {int(w): c for w, c in previous["isolated_pbs_seconds"].items()}
     record = {
         "command": command,
-        "passages": len(passages),
+        "passages": head_passages,
         "runs": args.runs,
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
