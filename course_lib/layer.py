@@ -109,17 +109,9 @@ class QuantizedLayer:
             heads' ``lookup_bits`` (none if they have no ``lookup_bits``; fitted at calibration).
         heads_offsets: per head, what its sums are shifted by before they are rounded (a multiple of
             ``2**drop``; see :func:`~course_lib.dual_array.centering_offset`).
-        exact_rounding: round those sums exactly in FHE (as the heads round their projection:
-            ``exact_projection_rounding``, one PBS per dropped bit and value); else approximately, with no
-            extra PBS.
     """
 
-    def __init__(
-        self,
-        heads: Sequence[FastHead],
-        c_proj: ProjectionWeights,
-        n_bits_weights: int | None = None,
-    ):
+    def __init__(self, heads: Sequence[FastHead], c_proj: ProjectionWeights, n_bits_weights: int | None = None):
         self.heads = list(heads)
         if not self.heads or not all(isinstance(h, FastHead) and h.one_lookup_products for h in self.heads):
             raise ValueError("a QuantizedLayer takes a non-empty list of FastHead (with one-lookup products)")
@@ -137,7 +129,6 @@ class QuantizedLayer:
         bits = self.heads[0].n_bits_weights if n_bits_weights is None else check_n_bits(n_bits_weights)
         self.w_proj = QuantizedWeights.from_float(c_proj.w, bits)
         self.heads_quantizer = Quantizer(self.n_bits, name="heads' output")
-        self.exact_rounding = all(h.exact_projection_rounding for h in self.heads)
         self.heads_drop_bits = [0] * len(self.heads)
         self.heads_offsets = [0] * len(self.heads)
 
@@ -181,6 +172,20 @@ class QuantizedLayer:
                 lowest = min(0, *(int(out.int.min()) for out in head_sums))
                 highest = max(0, *(int(out.int.max()) for out in head_sums))
                 self.heads_offsets[h] = centering_offset(lowest, highest, 2**drop)
+
+    @property
+    def exact_rounding(self) -> bool:
+        """Whether FHE rounds the heads' sums exactly, as the heads round their projection
+        (``exact_projection_rounding``: one PBS per dropped bit and value); else approximately, no extra PBS."""
+        return all(h.exact_projection_rounding for h in self.heads)
+
+    @property
+    def rounds_exactly(self) -> bool:
+        """True if FHE computes every value as the clear integers: the heads' projections and the heads' sums
+        are rounded exactly, or not at all."""
+        return all(h.rounds_projection_exactly for h in self.heads) and (
+            self.exact_rounding or not any(self.heads_drop_bits)
+        )
 
     @property
     def input_params(self) -> QuantParams:

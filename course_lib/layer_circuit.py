@@ -279,10 +279,7 @@ class LayerCircuit:
     @property
     def is_exact(self) -> bool:
         """True if simulation and execution give exactly the clear integers (see the module docstring)."""
-        layer = self.layer
-        return all(h.rounds_projection_exactly for h in layer.heads) and (
-            layer.exact_rounding or not any(layer.heads_drop_bits)
-        )
+        return self.layer.rounds_exactly
 
     # -- what it costs -----------------------------------------------------------------------------
     def pbs_per_step(self) -> dict[int, int]:
