@@ -13,8 +13,8 @@ server keeping the session's encrypted KV cache:
 ...         y, stats = remote.step(layer_circuit.encode(x_new))  # the next token's x only
 
 What crosses the connection, and only that: the *evaluation* keys (once per session)
-and ciphertexts. :attr:`RemoteHead.sent` (and :attr:`RemoteLayer.sent`) keeps every
-request body, so a test can check that no secret key is among them.
+and ciphertexts. :attr:`RemoteHead.sent` (and :attr:`RemoteLayer.sent`, unless ``keep_sent=False``) keeps
+every request body, so a test can check that no secret key is among them.
 """
 
 from __future__ import annotations
@@ -238,11 +238,14 @@ class _Remote:
     is the client's compiled length, for the message when the server runs another circuit.
     """
 
-    def __init__(self, url: str, compiled, fingerprint: str, length: int, keys_call: str) -> None:
+    def __init__(
+        self, url: str, compiled, fingerprint: str, length: int, keys_call: str, keep_sent: bool = True
+    ) -> None:
         if not compiled.keys.are_generated:
             raise RuntimeError(f"the circuit has no keys: call course_lib.keys.ensure_keys({keys_call}) first")
         self.url = url.rstrip("/")
-        self.sent: list[bytes] = []  # every request body, for inspection
+        self.keep_sent = keep_sent
+        self.sent: list[bytes] = []  # every request body, for inspection (if keep_sent)
         self.session: str | None = None
         try:
             #: What the server says about the circuit it runs.
@@ -261,7 +264,7 @@ class _Remote:
         self.session = self._request(OPEN_SESSION, keys).json()["session"]
 
     def _request(self, route: Route, body: bytes | None = None, **params: str) -> requests.Response:
-        if body is not None:
+        if body is not None and self.keep_sent:
             self.sent.append(body)
         try:
             response = requests.request(
@@ -336,13 +339,17 @@ class RemoteLayer(_Remote):
         url: the server's base URL.
         circuit: the same compiled layer the server runs, with its keys generated or loaded
             (:func:`course_lib.keys.ensure_keys` of ``circuit.module``).
+        keep_sent: keep every request body in :attr:`sent` (the default, for inspection); False spares the
+            memory of the evaluation keys' upload, which is most of it (:attr:`history` keeps each step's sizes).
     """
 
-    def __init__(self, url: str, circuit: LayerCircuit) -> None:
+    def __init__(self, url: str, circuit: LayerCircuit, *, keep_sent: bool = True) -> None:
         self.circuit = circuit
         #: The tokens of the current sequence the server holds in this session's cache.
         self.tokens = 0
-        super().__init__(url, circuit.module, circuit.fingerprint, circuit.max_tokens, "circuit.module")
+        #: Every step run in this session, in order: ``(position, RunStats)``.
+        self.history: list[tuple[int, RunStats]] = []
+        super().__init__(url, circuit.module, circuit.fingerprint, circuit.max_tokens, "circuit.module", keep_sent)
 
     def step(self, x: np.ndarray) -> tuple[np.ndarray, RunStats]:
         """The next token: encrypt its integers ``x`` ``(1, n_embd)`` here, run the layer's step on the server,
@@ -363,7 +370,9 @@ class RemoteLayer(_Remote):
         start = time.perf_counter()
         out = self.circuit.decrypt_step(answer, position)
         decrypt_seconds = time.perf_counter() - start
-        return out, RunStats(len(message), len(answer), encrypt_seconds, server_seconds, decrypt_seconds)
+        stats = RunStats(len(message), len(answer), encrypt_seconds, server_seconds, decrypt_seconds)
+        self.history.append((position, stats))
+        return out, stats
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, list[RunStats]]:
         """A whole sequence ``(T, n_embd)`` from its first token (the server's cache is emptied first):

@@ -124,6 +124,23 @@ class _PreviousRun:
         )
 
 
+@dataclass(frozen=True)
+class PassReport:
+    """What a swap's compiled part ran in the last forward pass (``"simulate"`` or ``"execute"``).
+
+    Attributes:
+        ran: which circuit or steps ran, e.g. ``"full, 4 tokens"``, ``"step, 5 tokens"``, ``"steps 1-2"``.
+        pbs: their PBS count.
+        bytes_sent: ciphertext bytes the client sent to a server in that pass (None when nothing was sent).
+        bytes_received: ciphertext bytes it received back (None likewise).
+    """
+
+    ran: str
+    pbs: int
+    bytes_sent: int | None = None
+    bytes_received: int | None = None
+
+
 class LayerHooks(ABC):
     """What every swap into layer ``layer`` of a GPT-2 shares: a pre-hook on the attention that keeps its
     input ``x``, one hook on ``c_proj`` (the subclass's), the layer's attention inputs for calibration, and
@@ -193,6 +210,17 @@ class LayerHooks(ABC):
     @abstractmethod
     def _restart(self) -> None:
         """Forget what the swap kept of the sequence run so far."""
+
+    # -- generation --------------------------------------------------------------------------------
+    @abstractmethod
+    def check_generation(self, prompt_tokens: int, longest: int) -> None:
+        """Raise a ValueError, saying what to compile, if the compiled part cannot run a generation whose
+        prompt has ``prompt_tokens`` tokens and whose forward passes read up to ``longest`` tokens."""
+
+    @property
+    @abstractmethod
+    def last_pass(self) -> PassReport | None:
+        """What the compiled part ran in the last forward pass, or None if it ran nothing (float, quantized)."""
 
     # -- calibration inputs ------------------------------------------------------------------------
     def attention_inputs(self, tokenizer, texts: Iterable[str]) -> list[np.ndarray]:
@@ -378,6 +406,30 @@ class SwappedHead(LayerHooks):
     def max_tokens(self) -> int:
         """The longest sequence the compiled circuits can read (0 before :meth:`compile`)."""
         return max((c.length for c in self.circuits), default=0)
+
+    def check_generation(self, prompt_tokens: int, longest: int) -> None:
+        if prompt_tokens > self.circuit.length:
+            raise ValueError(
+                f"the prompt has {prompt_tokens} tokens but the swapped attention's circuit was compiled for "
+                f"{self.circuit.length}: use a shorter prompt or compile with length={prompt_tokens}"
+            )
+        if longest > self.max_tokens:
+            new_tokens = longest - prompt_tokens + 1
+            raise ValueError(
+                f"the prompt has {prompt_tokens} tokens, so generating {new_tokens} reads up to {longest} tokens, "
+                f"but the circuits were compiled for at most {self.max_tokens}: compile with steps_up_to={longest} "
+                "(or a length that large) or ask for fewer tokens"
+            )
+
+    @property
+    def last_pass(self) -> PassReport | None:
+        ran = self.last_circuit
+        if ran is None or self.last_seconds is None:
+            return None
+        pbs = int(ran.circuit.programmable_bootstrap_count)
+        stats = self.last_run if self.remote is not None and self._mode == "execute" else None
+        sent, received = (stats.bytes_sent, stats.bytes_received) if stats is not None else (None, None)
+        return PassReport(f"{'step' if ran.is_step else 'full'}, {ran.length} tokens", pbs, sent, received)
 
     def ensure_keys(self, cache_dir=None, *, progress: bool = True) -> list[KeyReport]:
         """Generate (or find in the cache) the keys of every circuit, and leave them on disk.

@@ -139,15 +139,16 @@ def cached_keys_path(circuit: fhe.Circuit, cache_dir: str | Path | None = None) 
     return path if path.exists() else None
 
 
-def unload_keys(circuit: fhe.Circuit) -> None:
-    """Forget the circuit's keys in this process (the cache on disk keeps them).
+def unload_keys(circuit: fhe.Circuit | fhe.Module) -> None:
+    """Forget the circuit's (or module's) keys in this process (the cache on disk keeps them).
 
     This frees the memory of the keys, decompressed ones included; :func:`ensure_keys`
     loads them again in about a second.
     """
     # concrete-python 2.10 has no public call to forget keys: give the client an empty key
-    # set for the same specs, as a freshly compiled circuit has.
-    circuit.client._keys = fhe.Keys(circuit.client.specs)  # noqa: SLF001
+    # set for the same specs, as a freshly compiled circuit has. A module's client sits in its runtime.
+    client = circuit.client if isinstance(circuit, fhe.Circuit) else circuit.execution_runtime.val.client
+    client._keys = fhe.Keys(client.specs)  # noqa: SLF001
 
 
 @contextmanager

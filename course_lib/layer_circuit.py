@@ -286,6 +286,15 @@ class LayerCircuit:
         """PBS of each step, by sequence length ``T``."""
         return {t: int(getattr(self.module, step_name(t)).programmable_bootstrap_count) for t in self.steps}
 
+    def pbs_per_tag(self, tokens: int) -> dict[str, int]:
+        """PBS of step ``tokens`` by tag: ``projection`` (the new token's q, k, v), ``cache`` (the squares of its
+        k and v, kept for later steps), ``scores``, ``softmax``, ``mix``, ``heads_outputs`` (requantized for
+        ``c_proj``); a tag whose lookups the compiler removed is absent."""
+        if tokens not in self.steps:
+            raise ValueError(f"the module has steps 1 to {self.max_tokens}, got {tokens!r}")
+        counts = getattr(self.module, step_name(tokens)).programmable_bootstrap_count_per_tag
+        return {tag: int(n) for tag, n in counts.items() if n}
+
     @property
     def steps(self) -> range:
         return range(1, self.max_tokens + 1)

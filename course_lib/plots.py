@@ -422,6 +422,30 @@ def plot_pbs_against_length(
     return fig
 
 
+def plot_step_costs(steps: Sequence[int], pbs: Sequence[int], sent_bytes: Sequence[int]) -> Figure:
+    """One generation step per token, against the tokens it reads: its PBS (left) grow with ``T``, the bytes the
+    client sends (right) do not.
+
+    Args:
+        steps: the steps' sequence lengths ``T``.
+        pbs: each step's PBS count.
+        sent_bytes: the bytes the client sent for each step.
+    """
+    if not len(steps) == len(pbs) == len(sent_bytes):
+        raise ValueError(f"one value per step: {len(steps)} steps, {len(pbs)} PBS counts, {len(sent_bytes)} sizes")
+    fig = Figure(figsize=(9, 3.2), layout="constrained")
+    left, right = fig.subplots(1, 2, sharex=True)
+    left.bar(steps, pbs, color="C3")
+    left.set(xlabel="step T (tokens read)", ylabel="PBS", title="the server's work per token grows with T")
+    left.yaxis.set_major_formatter(lambda value, _: f"{value:,.0f}")
+    right.bar(steps, [b / 1e6 for b in sent_bytes], color="C0")
+    right.set(xlabel="step T (tokens read)", ylabel="MB sent", title="what the client sends per token does not")
+    for ax in (left, right):
+        ax.set_xticks(list(steps))
+        ax.grid(True, axis="y", alpha=0.3)
+    return fig
+
+
 def show_widget(widget, static_text: str) -> None:
     """Display an ipywidgets widget whose saved output, where no kernel runs it, reads ``static_text``.
 

@@ -28,15 +28,17 @@ turned off while the layer is swapped (the swap keeps its own).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from .fast_attention import FastHead
 from .fhe import DEFAULT_PROJECTION
-from .gpt2 import LayerHooks, check_layer_head, head_weights
+from .gpt2 import LayerHooks, PassReport, check_layer_head, head_weights
 from .keys import KeyReport, ensure_keys
 from .layer import ProjectionWeights, QuantizedLayer
 from .layer_circuit import LayerCircuit, LayerSession
@@ -97,6 +99,7 @@ class SwappedLayer(LayerHooks):
         self.remote = None
         self.last_seconds: float | None = None  # the layer's time in the last forward pass (simulate, execute)
         self.last_runs: list = []  # the steps of the last forward pass: RunStats (remote) or seconds (local)
+        self.last_steps: range = range(0)  # the positions of the steps the last forward pass ran
         self._mode = "float"
         self._session: LayerSession | None = None
         self._previous: tuple[np.ndarray, np.ndarray] | None = None  # (x integers, output reals) already run
@@ -163,7 +166,7 @@ class SwappedLayer(LayerHooks):
         start = time.perf_counter()
         if self._mode == "simulate":
             out = circuit.dequantize(circuit.simulate(xi))
-            self.last_runs = []
+            self.last_runs, self.last_steps = [], range(1, len(xi) + 1)
         else:
             out = self._execute(xi)
         self.last_seconds = time.perf_counter() - start
@@ -180,7 +183,7 @@ class SwappedLayer(LayerHooks):
                 done = len(previous[0])
         if runner.tokens != done:  # another sequence: its cache starts again
             runner.forget()
-        rows, self.last_runs = [], []
+        rows, self.last_runs, self.last_steps = [], [], range(done + 1, len(xi) + 1)
         for t in range(done, len(xi)):
             start = time.perf_counter()
             if self.remote is not None:
@@ -193,6 +196,62 @@ class SwappedLayer(LayerHooks):
         out = np.concatenate([previous[1][:done], *rows]) if done else np.concatenate(rows)
         self._previous = (xi, out)
         return out
+
+    # -- the client's view ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def weights_withheld(self) -> Iterator[None]:
+        """Inside the ``with`` block, the process holds none of the layer's projection weights, as the
+        published split's client: ``c_attn``'s and ``c_proj``'s weights and biases are NaN in the model,
+        and the quantized layer's copies (float and quantized) are NaN or gone. Everything else of the
+        model is untouched. On exit every weight is put back as it was.
+
+        Use it around a generation in ``"execute"`` mode, after :meth:`compile` and :meth:`ensure_keys`:
+        the compiled module and the client's keys hold the weights no longer needed, so the text comes
+        out the same; a ``"quantized"`` or ``"float"`` pass inside the block reads NaN and says so.
+        """
+        attn, layer = self.model.transformer.h[self.layer].attn, self.quantized
+        saved_torch = {name: p.detach().clone() for name, p in attn.named_parameters()}
+        saved_heads = [(head.weights, head.w_parts) for head in layer.heads]
+        saved_proj = (layer.c_proj, layer.w_proj)
+        try:
+            with torch.no_grad():
+                for p in attn.parameters():
+                    p.fill_(float("nan"))
+            for head in layer.heads:
+                head.weights = dataclasses.replace(head.weights, w_qkv=np.full_like(head.weights.w_qkv, np.nan))
+                head.w_parts = None
+            layer.c_proj = ProjectionWeights(np.full_like(layer.c_proj.w, np.nan), np.full_like(layer.c_proj.b, np.nan))
+            layer.w_proj = None
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in attn.named_parameters():
+                    p.copy_(saved_torch[name])
+            for head, (weights, parts) in zip(layer.heads, saved_heads, strict=True):
+                head.weights, head.w_parts = weights, parts
+            layer.c_proj, layer.w_proj = saved_proj
+
+    # -- generation ------------------------------------------------------------------------------------
+    def check_generation(self, prompt_tokens: int, longest: int) -> None:
+        if longest > self.circuit.max_tokens:
+            new_tokens = longest - prompt_tokens + 1
+            raise ValueError(
+                f"the prompt has {prompt_tokens} tokens, so generating {new_tokens} reads up to {longest} tokens, "
+                f"but the layer was compiled for at most {self.circuit.max_tokens}: compile it with "
+                f"swap.compile(max_tokens={longest}) or ask for fewer tokens"
+            )
+
+    @property
+    def last_pass(self) -> PassReport | None:
+        steps = self.last_steps
+        if self.last_seconds is None or not steps:
+            return None
+        pbs = self.circuit.pbs_per_step()
+        ran = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}-{steps[-1]}"
+        remote = [s for s in self.last_runs if not isinstance(s, float)]
+        sent = sum(s.bytes_sent for s in remote) if remote else None
+        received = sum(s.bytes_received for s in remote) if remote else None
+        return PassReport(ran, sum(pbs[t] for t in steps), sent, received)
 
     def __repr__(self) -> str:
         state = "calibrated" if self.is_calibrated else "not calibrated"

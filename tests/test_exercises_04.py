@@ -14,7 +14,9 @@ from course_lib.exercises.nb04 import (
     solution_step_pbs,
 )
 from course_lib.fast_attention import FastHead
-from course_lib.fhe import HeadCircuit
+from course_lib.fhe import DEFAULT_PROJECTION, HeadCircuit
+from course_lib.layer import ProjectionWeights, QuantizedLayer
+from course_lib.layer_circuit import LayerCircuit, configuration
 
 
 def calibrated_heads(n_heads: int, n_inputs: int, tokens: tuple[int, int]):
@@ -44,18 +46,37 @@ def test_full_attention_feedback_for_usual_slips():
 
 
 def test_step_formula_is_the_compilers_count():
-    heads, inputs = calibrated_heads(2, 12, (3, 9))
-    compiled = {(T, 2, 4): HeadCircuit(heads, inputs, length=T, queries=1).summary().pbs_count for T in (2, 3)}
+    """Against the steps of a small layer's module (4 heads of dimension 4, 4 bits, the notebook's approximate
+    rounding), compiled for simulation only, from 2 tokens on; its PBS by tag add up to each step's."""
+    rng = np.random.default_rng(0)
+    inputs = [rng.normal(size=(int(rng.integers(2, 6)), 16)) for _ in range(16)]
+    heads = [FastHead(HeadWeights.random(16, 4, seed=h), 4, lookup_bits=6, **DEFAULT_PROJECTION) for h in range(4)]
+    layer = QuantizedLayer(heads, ProjectionWeights(rng.normal(scale=0.3, size=(16, 16)), np.zeros(16)))
+    layer.calibrate(inputs)
+    circuit = LayerCircuit(layer, inputs, max_tokens=3, config=configuration(fhe_execution=False, fhe_simulation=True))
+    assert not circuit.is_exact
+    pbs = circuit.pbs_per_step()
+    assert all(sum(circuit.pbs_per_tag(T).values()) == pbs[T] for T in circuit.steps)
+    compiled = {(T, 4, 4): pbs[T] for T in circuit.steps if T >= 2}
     assert all(solution_step_pbs(*case) == count for case, count in compiled.items())
     assert feedback_step_pbs(solution_step_pbs, compiled).correct
+    with pytest.raises(ValueError, match="steps 1 to 3, got 4"):
+        circuit.pbs_per_tag(4)
 
 
 def test_step_feedback_for_usual_slips():
+    def step(extra):
+        return lambda t, h, d: solution_step_pbs(t, h, d) + extra(t, h, d)
+
     assert feedback_step_pbs(None).status == "not attempted"
-    assert "full circuit" in feedback_step_pbs(solution_full_attention_pbs).message
+    assert "full attention" in feedback_step_pbs(solution_full_attention_pbs).message
     assert "one head" in feedback_step_pbs(lambda t, h, d: solution_step_pbs(t, 1, d)).message
-    assert "query needs its squares" in feedback_step_pbs(lambda t, h, d: h * (4 * t * d + 4 * t)).message
-    assert "probabilities" in feedback_step_pbs(lambda t, h, d: h * (4 * t * d + d + 3 * t)).message
+    assert "in the cache already" in feedback_step_pbs(step(lambda t, h, d: 2 * (t - 1) * d * h)).message
+    assert "attention alone" in feedback_step_pbs(step(lambda t, h, d: -4 * d * h)).message
+    assert "both sides" in feedback_step_pbs(step(lambda t, h, d: -3 * d * h)).message
+    assert "both sides" in feedback_step_pbs(step(lambda t, h, d: -d * h)).message
+    assert "probabilities" in feedback_step_pbs(step(lambda t, h, d: -t * h)).message
+    assert "compiler counts" in feedback_step_pbs(step(lambda t, h, d: 1)).message
     assert "raised" in feedback_step_pbs(lambda t, h, d: 1 / 0).message
     assert "function" in feedback_step_pbs(3).message
     with pytest.raises(RuntimeError, match="disagrees"):

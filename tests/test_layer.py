@@ -233,7 +233,7 @@ def test_remote_layer_equals_simulation_and_sends_only_x(exact_layer, keyed_circ
 def test_server_refuses_steps_out_of_order(exact_layer, keyed_circuit, layer_server):
     _, inputs = exact_layer
     xi = keyed_circuit.encode(inputs[9][:2])
-    with RemoteLayer(layer_server.url, keyed_circuit) as remote:
+    with RemoteLayer(layer_server.url, keyed_circuit, keep_sent=False) as remote:
         message = keyed_circuit.encrypt_step(xi[1:2], 2)
         url = layer_server.url + STEP.path(session=remote.session, position="2")
         answer = requests.post(url, data=message, timeout=60)
@@ -251,6 +251,8 @@ def test_server_refuses_steps_out_of_order(exact_layer, keyed_circuit, layer_ser
             remote.step(xi[:1])
             remote.step(xi[:1])
         assert remote.forget() == 3 and remote.tokens == 0
+        assert remote.sent == []  # keep_sent=False: not even the evaluation keys' upload
+        assert [position for position, _ in remote.history] == [1, 2, 3]
     with pytest.raises(ServerError, match="unknown session"):
         remote.session = "0" * 32
         remote.step(xi[:1])

@@ -7,16 +7,16 @@ bit for bit.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
+from concrete import fhe
 from conftest import TINY_MAX_TOKENS
 
 from course_lib.client import RemoteLayer, ServerProcess
 from course_lib.data import load_calibration_prompts
-from course_lib.layer import ProjectionWeights
+from course_lib.generation import generate as generate_text
+from course_lib.keys import unload_keys
 from course_lib.swapped_layer import SwappedLayer, projection_weights
 
 PROMPT = "Cryptography is a"
@@ -117,46 +117,52 @@ def test_encrypted_generation_needs_none_of_the_layers_weights(tiny, swap):
     ids = prompt_ids(tokenizer)
     swap.mode = "quantized"
     expected = generate(model, ids)
-    attn, layer = model.transformer.h[0].attn, swap.quantized
-    saved_torch = {name: p.detach().clone() for name, p in attn.named_parameters()}
-    saved = [(h.weights, h.w_parts) for h in layer.heads], layer.c_proj, layer.w_proj
     steps, handle = steps_per_forward_pass(model, swap)
     try:
-        with torch.no_grad():
-            for p in attn.parameters():
-                p.fill_(float("nan"))
-        for head in layer.heads:
-            head.weights = dataclasses.replace(head.weights, w_qkv=np.full_like(head.weights.w_qkv, np.nan))
-            head.w_parts = None
-        layer.c_proj = ProjectionWeights(np.full((16, 16), np.nan), np.full(16, np.nan))
-        layer.w_proj = None
-        swap.mode = "execute"
-        assert generate(model, ids) == expected
-        assert steps == [2, 1]  # the prompt's 2 tokens, then the new one
+        with swap.weights_withheld():
+            attn, layer = model.transformer.h[0].attn, swap.quantized
+            assert all(torch.isnan(p).all() for p in attn.parameters())
+            assert all(np.isnan(h.weights.w_qkv).all() and h.w_parts is None for h in layer.heads)
+            assert np.isnan(layer.c_proj.w).all() and layer.w_proj is None
+            swap.mode = "execute"
+            assert generate(model, ids) == expected
+            assert steps == [2, 1]  # the prompt's 2 tokens, then the new one
+        swap.mode = "quantized"
+        assert generate(model, ids) == expected  # every weight back
     finally:
         handle.remove()
-        with torch.no_grad():
-            for name, p in attn.named_parameters():
-                p.copy_(saved_torch[name])
-        for head, (weights, parts) in zip(layer.heads, saved[0], strict=True):
-            head.weights, head.w_parts = weights, parts
-        layer.c_proj, layer.w_proj = saved[1], saved[2]
         swap.mode = "float"
 
 
 def test_remote_layer_generates_the_same_text_one_x_per_token(tiny, swap):
+    """Generation through a server (course_lib.generation.generate): the clear quantized tokens, one step per
+    new token after the prompt's, each step's PBS and bytes reported, the same bytes sent at every length."""
     model, tokenizer = tiny
     ids = prompt_ids(tokenizer)
+    prompt = tokenizer.decode(ids[0])
+    assert tokenizer(prompt)["input_ids"] == ids[0].tolist()
     swap.mode = "quantized"
     expected = generate(model, ids)
+    clear = generate_text(model, tokenizer, prompt, 2, swap)
+    assert clear.token_ids == expected[2:]
+    assert [t.circuit for t in clear.tokens] == [None, None]  # nothing compiled ran
+    pbs = swap.circuit.pbs_per_step()
     with ServerProcess(swap.circuit, in_process=True) as server, RemoteLayer(server.url, swap.circuit) as remote:
         swap.remote = remote
         try:
             swap.mode = "execute"
-            assert generate(model, ids) == expected
+            encrypted = generate_text(model, tokenizer, prompt, 2, swap)
+            assert encrypted.token_ids == clear.token_ids
             assert remote.tokens == MAX_TOKENS  # the last generated token needs no forward pass
             assert len(remote.sent) == 1 + MAX_TOKENS  # the evaluation keys, then one encrypted x per token
-            assert len({len(body) for body in remote.sent[1:]}) == 1  # the same bytes at every length
+            x_bytes = {len(body) for body in remote.sent[1:]}
+            assert len(x_bytes) == 1  # the same bytes at every length
+            assert [t.circuit for t in encrypted.tokens] == ["steps 1-2", "step 3"]
+            assert [t.pbs for t in encrypted.tokens] == [pbs[1] + pbs[2], pbs[3]]
+            assert [t.bytes_sent for t in encrypted.tokens] == [2 * x_bytes.pop(), len(remote.sent[-1])]
+            assert all(t.bytes_received > 0 and t.encrypted_seconds > 0 for t in encrypted.tokens)
+            assert [position for position, _ in remote.history] == [1, 2, 3]
+            assert [stats.bytes_sent for _, stats in remote.history] == [len(b) for b in remote.sent[1:]]
         finally:
             swap.remote = None
             swap.mode = "float"
@@ -181,4 +187,22 @@ def test_the_swap_checks_its_state_and_inputs(tiny, swap):
         model(long)
     with pytest.raises(ValueError, match="batch of one sequence, got a batch of 2"), torch.no_grad():
         model(torch.cat([prompt_ids(tokenizer)] * 2))
+    prompt = tokenizer.decode(prompt_ids(tokenizer)[0])  # 2 tokens: 3 new ones read up to 4
+    with pytest.raises(ValueError, match=r"reads up to 4 tokens, but the layer was compiled for at most 3"):
+        generate_text(model, tokenizer, prompt, 3, swap)
     swap.mode = "float"
+
+
+def test_unload_keys_forgets_a_modules_keys(swap):
+    """course_lib.keys.unload_keys frees a module's keys (notebook 04 does it before its Dask section)."""
+    module = swap.circuit.module
+    saved = module.keys.serialize()
+    try:
+        unload_keys(module)
+        assert not module.keys.are_generated
+        with pytest.raises(RuntimeError, match="needs the module's keys in memory"):
+            swap.mode = "execute"
+    finally:
+        module.keys = fhe.Keys.deserialize(saved)
+        swap.mode = "float"
+    assert module.keys.are_generated

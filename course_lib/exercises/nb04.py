@@ -1,7 +1,7 @@
 """Exercises of notebook 04 (the full attention and encrypted generation): their checks and reference solutions.
 
 1. :func:`check_full_attention_pbs`: the PBS count of every head of a layer together.
-2. :func:`check_step_pbs`: the PBS count of one generation step (the new token's row only).
+2. :func:`check_step_pbs`: the PBS count of one step of the whole layer (the new token, the cache on the server).
 3. :func:`check_cluster_seconds`: the time of a GPT-2-sized encrypted layer on a big machine, on paper.
 """
 
@@ -75,24 +75,27 @@ EX2_CASES: tuple[tuple[int, int, int], ...] = ((2, 4, 32), (5, 4, 32), (6, 12, 6
 
 
 def solution_step_pbs(T: int, n_head: int, head_dim: int) -> int:  # noqa: N803 (T as in the notebook)
-    """PBS of one generation step on ``T`` tokens: the new token's row of every fast head.
+    """PBS of one step of the whole layer at ``T >= 2`` tokens, the earlier tokens' keys and values (and their
+    squares) in the encrypted cache.
 
-    Per head: the squares of the new query (``d``) and of every key and value (``2 T d``), one
-    lookup per product of the ``T`` scores and of the ``T`` weighted values (``2 T d``), and
-    for the softmax of one row a max chain (``T - 1``), ``exp`` (``T``), one log, ``exp`` again
-    (``T``) and the probabilities' squares (``T``).
+    Per head, for the new token only: its ``q``, ``k`` and ``v`` requantized after the projection (``3 d``),
+    the squares of its ``k`` and ``v`` that join the cache (``2 d``), its query's squares (``d``), one lookup
+    per product of the ``T`` scores and of the ``T`` weighted values (``2 T d``), for the softmax of its one
+    row a max chain (``T - 1``), ``exp`` (``T``), one log and ``exp`` again (``T``), the probabilities'
+    squares (``T``), and the requantization of its output for ``c_proj`` (``d``):
+    ``n_head (2 T d + 7 d + 4 T)``. ``c_proj`` itself has clear weights: no PBS.
     """
-    return n_head * (4 * T * head_dim + head_dim + 4 * T)
+    return n_head * (2 * T * head_dim + 7 * head_dim + 4 * T)
 
 
 def feedback_step_pbs(answer: object, compiled: dict[tuple[int, int, int], int] | None = None) -> Feedback:
-    """Judge ``answer``: a function ``(T, n_head, head_dim) -> PBS count`` of a generation step.
+    """Judge ``answer``: a function ``(T, n_head, head_dim) -> PBS count`` of one step of the layer.
 
-    ``compiled`` maps some ``(T, n_head, head_dim)`` to the compiler's count of a step circuit;
+    ``compiled`` maps some ``(T, n_head, head_dim)`` to the compiler's count of a layer's step;
     the reference is checked against them too.
     """
     if answer is None:
-        return not_attempted("define `step_pbs(T, n_head, head_dim)` returning a generation step's PBS count.")
+        return not_attempted("define `step_pbs(T, n_head, head_dim)` returning a step's PBS count.")
     if not callable(answer):
         return wrong(f"`step_pbs` must be a function of (T, n_head, head_dim), got {type(answer).__name__}.")
     for case, count in (compiled or {}).items():
@@ -109,16 +112,32 @@ def feedback_step_pbs(answer: object, compiled: dict[tuple[int, int, int], int] 
         expected = solution_step_pbs(*case)
         if int(got) == expected:
             continue
-        if int(got) == solution_full_attention_pbs(*case):
-            return wrong("that is the full circuit, every row; a step computes the new token's row only.")
         if int(got) == expected // n_head:
             return wrong("that is one head; the step runs every head of the layer.")
-        if int(got) == n_head * (4 * T * d + 4 * T):
-            return wrong("almost: the new token's query needs its squares too (d lookups per head).")
-        if int(got) == n_head * (4 * T * d + d + 3 * T):
+        if int(got) == expected + 2 * (T - 1) * d * n_head:
+            return wrong(
+                "the earlier tokens' keys and values have their squares in the cache already: only the new "
+                "token's are looked up."
+            )
+        if int(got) == expected - 4 * d * n_head:
+            return wrong(
+                "that is the attention alone: the step also requantizes the new token's q, k, v after the "
+                "projection, and the heads' outputs before c_proj."
+            )
+        if int(got) in (expected - 3 * d * n_head, expected - d * n_head):
+            return wrong(
+                "almost: count the requantizations on both sides of the attention, after the projection "
+                "(q, k and v) and before c_proj."
+            )
+        if int(got) == expected - T * n_head:
             return wrong("almost: the probabilities are multiplied by the values too, so they need their squares.")
+        if int(got) == solution_full_attention_pbs(*case):
+            return wrong("that is the full attention, every row; a step computes the new token's row only.")
         return wrong(f"step_pbs{case} = {int(got):,}, the compiler counts {expected:,}.")
-    return correct("linear in T: the new row pays for every earlier token once, never for their rows again.")
+    return correct(
+        "linear in T: the new token pays for every earlier one once, through the cache, and the "
+        "projections' cost does not grow at all."
+    )
 
 
 def check_step_pbs(answer: object, compiled: dict[tuple[int, int, int], int] | None = None) -> None:
