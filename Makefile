@@ -20,7 +20,7 @@ PYTHON ?= $(shell for p in python3.11 python3.12 python3.10 python3; do \
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: lab test setup kernel unit nbval notebooks lint train-model clean
+.PHONY: lab test test-quick setup kernel unit nbval notebooks lint train-model clean
 
 # JupyterLab refuses to run as root unless told (containers, CI): say so only there.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
@@ -54,6 +54,12 @@ kernel: setup
 
 unit: setup
 	$(VENV)/bin/pytest -q --durations=10 tests
+
+# The loop to run while changing code: every test that compiles no circuit, makes no key, starts no cluster and no
+# browser and is not otherwise slow (the markers in pyproject.toml and tests/conftest.py), and no notebook. `make test` still runs everything.
+QUICK := not (fhe or keys or dask or browser or slow)
+test-quick: setup
+	$(VENV)/bin/pytest -q --durations=5 -m "$(QUICK)" tests
 
 # nbval re-runs every notebook in the course's environment and compares with the committed outputs.
 # pytest exits with 5 when it collects nothing (no notebook has code cells yet): that is not a failure.

@@ -20,7 +20,6 @@ benchmarks/results/attention_cost_model.json, which notebook 04 plots.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -32,9 +31,10 @@ from course_lib.data import load_calibration_prompts
 from course_lib.fhe import DEFAULT_LOOKUP_BITS, DEFAULT_N_BITS, HeadCircuit, NoParametersError, configuration
 from course_lib.gpt2 import SwappedAttention
 from course_lib.models import load_model, load_tokenizer
+from course_lib.published import PUBLISHED_GPT2_PBS_AT_6
+from course_lib.results import write_results
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "attention_cost_model.json"
-PUBLISHED_GPT2_PBS_AT_6 = 11_622
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -127,9 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": round(seconds),
         "series": series,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_results(record, args.out)
 
 
 if __name__ == "__main__":

@@ -86,12 +86,11 @@ from course_lib.fhe import (
 from course_lib.gpt2 import SwappedHead, head_class, head_weights
 from course_lib.layer_circuit import LayerSession, step_name
 from course_lib.models import load_model, load_tokenizer
+from course_lib.published import PUBLISHED_GPT2_PBS_AT_6
+from course_lib.results import write_results
 from course_lib.swapped_layer import SwappedLayer
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "attention_fhe.json"
-
-#: The published design reached 11,622 PBS for one GPT-2 head at 6 tokens (the course's README cites it).
-PUBLISHED_GPT2_PBS_AT_6 = 11_622
 
 #: Zama's own reference code for the published design (concrete-ml's ``use_case_examples/llm``), run on the
 #: bundled model by the project (layer 0, head 0, n_bits 4, projection inside the circuit, its notebook's
@@ -580,9 +579,7 @@ def main(argv: list[str] | None = None) -> None:
         "isolated_pbs_seconds": {str(w): round(c, 5) for w, c in sorted(pbs_costs.items())},
         "zama_reference": ZAMA_REFERENCE,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_results(record, args.out)
 
 
 if __name__ == "__main__":

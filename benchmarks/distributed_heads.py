@@ -18,7 +18,6 @@ go to benchmarks/results/distributed_heads.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,6 +32,7 @@ from course_lib.fhe import DEFAULT_DESIGN, DEFAULT_LOOKUP_BITS, DEFAULT_N_BITS, 
 from course_lib.gpt2 import SwappedAttention
 from course_lib.keys import ensure_keys, keys_loaded, unload_keys
 from course_lib.models import load_model, load_tokenizer
+from course_lib.results import write_results
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "distributed_heads.json"
 
@@ -122,9 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         "sequential_seconds": sequential_seconds,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {args.out}")
+    write_results(result, args.out)
 
 
 if __name__ == "__main__":  # worker processes re-import this file: the guard keeps them from running it

@@ -23,7 +23,6 @@ of the course's default circuit (notebooks 03 and 04) on every passage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -34,6 +33,7 @@ import torch
 from course_lib.data import load_calibration_prompts, load_evaluation_passages
 from course_lib.evaluation import Agreement, float_top1, head_removed_agreement, sweep_topk_agreement
 from course_lib.models import load_model, load_tokenizer, resolve_model_name
+from course_lib.results import write_results
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "single_head_topk.json"
 
@@ -142,9 +142,7 @@ def main(argv: list[str] | None = None) -> None:
             for r in results
         ],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_results(record, args.out)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
+from .checks import check_integer
+
 TEXT_DIR = Path(__file__).resolve().parent / "assets" / "text"
 HELDOUT_FILE = TEXT_DIR / "heldout.jsonl"
 CALIBRATION_FILE = TEXT_DIR / "calibration.jsonl"
@@ -44,8 +46,7 @@ def _read_records(path: Path) -> list[dict[str, str]]:
 def _take(texts: list[str], limit: int | None, what: str) -> list[str]:
     if limit is None:
         return texts
-    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= len(texts):
-        raise ValueError(f"limit must be an integer from 1 to {len(texts)} (the number of {what}), got {limit!r}")
+    limit = check_integer(limit, "limit", 1, len(texts), unit=f"the number of {what}")
     return texts[:limit]
 
 

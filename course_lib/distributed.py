@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 from concrete import fhe
 
+from .checks import check_integer
 from .contract import SERVER_FILE, CircuitDescription
 from .fhe import HeadCircuit, head_columns
 from .keys import keys_loaded
@@ -262,8 +263,7 @@ def connect(
 
     if workers is None:
         workers = os.cpu_count() or 1
-    if isinstance(workers, bool) or not isinstance(workers, int | np.integer) or workers < 1:
-        raise ValueError(f"workers must be a positive integer (worker processes), got {workers!r}")
+    check_integer(workers, "workers", unit="worker processes")
     import dask
 
     # Client() with cluster arguments starts a LocalCluster that it owns: closing the client closes it.
@@ -554,8 +554,7 @@ def layer_seconds_on_cluster(
         ("workers", workers),
         ("cores_per_worker", cores_per_worker),
     ):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_integer(value, name)
     if not core_seconds_per_pbs > 0:
         raise ValueError(f"core_seconds_per_pbs must be a positive number of seconds, got {core_seconds_per_pbs!r}")
     rounds = -(-int(heads) // int(workers))

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 from concrete import fhe
 
+from .checks import check_integer, is_integer
 from .quantization import Quantizer, QuantParams, check_float_data, check_n_bits, compute_params
 
 FloatFn = Callable[[np.ndarray], np.ndarray]
@@ -472,7 +473,7 @@ class DualArray:
         E.g. to make an accumulator non-negative before :meth:`apply` rounds it (see
         :class:`~course_lib.attention.QuantizedHead`'s ``projection_offsets``).
         """
-        if isinstance(offset, bool) or not isinstance(offset, int | np.integer):
+        if not is_integer(offset):
             raise ValueError(f"shift the integers by an integer, got {offset!r}")
         if not offset:
             return self
@@ -647,7 +648,7 @@ class DualArray:
         ``n - 1`` lookups, each on integers one bit wider than the values. The
         scale is positive, so the integers' maximum is the reals' maximum.
         """
-        if isinstance(axis, bool) or not isinstance(axis, int):
+        if not is_integer(axis):
             raise ShapeMismatchError(f"max: axis must be an integer (one axis), got {axis!r}")
         self._check_axis(axis, "max")
         axis %= self.ndim
@@ -768,9 +769,7 @@ def centering_offset(low: int, high: int, unit: int) -> int:
 
 
 def _check_drop_bits(drop_bits: int) -> int:
-    if isinstance(drop_bits, bool) or not isinstance(drop_bits, int | np.integer) or not 0 <= drop_bits <= 16:
-        raise ValueError(f"drop_bits must be an integer from 0 to 16, got {drop_bits!r}")
-    return int(drop_bits)
+    return check_integer(drop_bits, "drop_bits", 0, 16)
 
 
 def _encrypted_products(a: Any, b: Any, drop_bits: int) -> Any:

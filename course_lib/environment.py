@@ -1,9 +1,9 @@
 """Where the notebooks run: the memory they may use, and the lighter settings of a memory-capped session.
 
 At their default settings the notebooks take several gigabytes: an encrypted run needs the
-circuit's evaluation keys decompressed in memory (3.2 GB for notebook 03's, 1.6 to 2.0 GB for each
-of notebook 04's), and notebook 04 peaks at about 12.6 GB when two Dask workers hold every head's
-keys. mybinder.org ends a kernel past 2 GB, Colab's standard machine has about 12.7 GB and many laptops have 8. This
+circuit's evaluation keys decompressed in memory, in the kernel or in the server process it starts
+(``benchmarks/results/notebook_memory.json`` has each notebook's measured peak). mybinder.org ends a
+kernel past 2 GB, Colab's standard machine has about 12.7 GB and many laptops have 8. This
 module finds the memory the session may use, the smallest of these:
 
 - ``COURSE_MEMORY_LIMIT``: set by hand (``COURSE_MEMORY_LIMIT=2G make lab``) to try a capped
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import psutil
 
-#: Sessions with less memory than this take the notebooks' lighter settings: the default ones peak at
-#: about 12.6 GB (notebook 04, section 6), and the system and the browser need room next to them.
+#: Sessions with less memory than this take the notebooks' lighter settings: the default ones peak a little
+#: under it (``benchmarks/results/notebook_memory.json``), and the system and the browser need room next to them.
 LIGHT_SETTINGS_BELOW = 14 * 1024**3
 
 #: cgroup files holding the memory limit (v2, then v1), in the order they are read.

@@ -13,14 +13,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .checks import is_integer
 from .progress import progress_bar
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
-
-
-def encode_passage(tokenizer, text: str, context: int) -> list[int]:
-    """``<|endoftext|>`` then the passage's tokens, cut to ``context`` ids (how passages are scored)."""
-    return [tokenizer.eos_token_id, *tokenizer(text)["input_ids"][: context - 1]]
 
 
 def perplexity(model, tokenizer, passages: Sequence[str]) -> float:
@@ -31,6 +27,8 @@ def perplexity(model, tokenizer, passages: Sequence[str]) -> float:
     The result is ``exp(total negative log-likelihood / number of predicted tokens)``.
     """
     import torch
+
+    from .gpt2 import encode_passage
 
     if not passages:
         raise ValueError("perplexity needs at least one passage, got none")
@@ -51,7 +49,7 @@ def perplexity(model, tokenizer, passages: Sequence[str]) -> float:
 
 def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     ks = tuple(ks)
-    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+    if not ks or any(not is_integer(k) or k < 1 for k in ks):
         raise ValueError(f"ks must be positive integers, e.g. (1, 5, 10), got {ks!r}")
     return ks
 
@@ -61,6 +59,8 @@ def topk_predictions(
 ):
     """Top-``k`` token ids ``(T, k)`` at every position of every passage."""
     import torch
+
+    from .gpt2 import encode_passage
 
     out = []
     with torch.no_grad():

@@ -47,6 +47,7 @@ import numpy as np
 from concrete import fhe
 
 from .attention import QuantizedHead, _recorder
+from .checks import check_integer
 from .dual_array import DualArray
 
 
@@ -65,12 +66,10 @@ class CausalPairs:
     """
 
     def __init__(self, length: int, queries: int | None = None) -> None:
-        if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
-            raise ValueError(f"length must be a positive integer (tokens), got {length!r}")
+        length = check_integer(length, "length", unit="tokens")
         queries = length if queries is None else queries
-        if isinstance(queries, bool) or not isinstance(queries, int | np.integer) or not 1 <= queries <= length:
-            raise ValueError(f"queries must be an integer from 1 to length={length}, got {queries!r}")
-        self.length, self.queries = int(length), int(queries)
+        queries = check_integer(queries, "queries", 1, length, allowed=f"an integer from 1 to length={length}")
+        self.length, self.queries = length, queries
         first = self.length - self.queries  # the position of the first query
         #: Per pair: the query's row (0 to ``queries - 1``) and the key's token (0 to ``length - 1``).
         self.rows = [r for r in range(self.queries) for _ in range(first + r + 1)]

@@ -54,6 +54,7 @@ import numpy as np
 from concrete import fhe
 
 from .attention import QuantizedHead
+from .checks import check_integer
 from .contract import CIRCUIT_INPUTS, HEAD_SCOPES, SCOPE_INPUTS, SERVER_FILE, CircuitDescription
 from .dual_array import DualArray, side_by_side
 from .environment import memory_capped
@@ -75,8 +76,8 @@ DEFAULT_LOOKUP_BITS = 6
 #: :attr:`HeadCircuit.is_exact`). Notebook 03 and ``benchmarks/attention_fhe.py`` measure the choices.
 DEFAULT_PROJECTION: dict = {"n_bits_weights": 6, "weight_scales": "aligned", "exact_projection_rounding": False}
 #: The notebooks' setting in a memory-capped session (Binder): 3-bit activations, lookups rounded to 3 bits.
-#: With one parameter set per circuit (see :func:`configuration`), one head's evaluation keys at 4 tokens
-#: take 120 MB before compression instead of 3,170 MB at the default setting, and four heads 240 MB.
+#: With one parameter set per circuit (see :func:`configuration`), their evaluation keys are a small fraction
+#: of the default setting's (the README's "lighter settings" gives the measured sizes).
 LIGHT_N_BITS = 3
 LIGHT_LOOKUP_BITS = 3
 
@@ -138,10 +139,8 @@ def configuration(**overrides) -> fhe.Configuration:
     2 GB) the compiler picks one set of cryptographic parameters for the whole circuit
     (``parameter_selection_strategy="mono"``) instead of one per part of it ("multi", concrete's
     default). The circuit computes the same integers and its evaluation keys are smaller, but
-    every PBS then pays for the widest one. At the default bits, one head at 4 tokens takes
-    1,704 MB of keys instead of 3,170 MB and the four heads 1,704 MB instead of 4,120 MB, and a
-    run costs about 6 times as much (the compiler's estimate); at the light bits the keys are
-    120 and 240 MB.
+    every PBS then pays for the parameters the widest one needs, so a run costs more. The README's
+    "lighter settings" gives the measured sizes and costs.
     """
     settings = {"compress_evaluation_keys": True, "show_progress": False}
     if memory_capped():
@@ -314,15 +313,13 @@ class HeadCircuit:
         dims = sorted({h.weights.head_dim for h in self.heads})
         if len(dims) != 1:
             raise ValueError(f"the heads of one circuit must share their head dimension, got {dims}")
-        if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
-            raise ValueError(f"length must be a positive integer (tokens), got {length!r}")
         self.head_dim = dims[0]
-        self.length = int(length)
+        self.length = check_integer(length, "length", unit="tokens")
         queries = self.length if queries is None else queries
-        if isinstance(queries, bool) or not isinstance(queries, int | np.integer) or not 1 <= queries <= self.length:
-            raise ValueError(f"queries must be an integer from 1 to length={self.length}, got {queries!r}")
         #: The circuit computes the outputs of the last ``queries`` tokens.
-        self.queries = int(queries)
+        self.queries = check_integer(
+            queries, "queries", 1, self.length, allowed=f"an integer from 1 to length={self.length}"
+        )
         if self.is_step and scope != "attention":
             raise ValueError(
                 "a generation-step circuit (queries < length) takes the client's q, k and v (scope 'attention'): "

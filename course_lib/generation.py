@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import check_integer
 from .gpt2 import LayerHooks, encode_prompt
 
 
@@ -81,8 +82,7 @@ def generate(model, tokenizer, prompt: str, new_tokens: int, swap: LayerHooks | 
     (:meth:`~course_lib.gpt2.LayerHooks.check_generation`), so no encrypted work is wasted on a
     generation that cannot finish.
     """
-    if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 1:
-        raise ValueError(f"new_tokens must be a positive integer, got {new_tokens!r}")
+    check_integer(new_tokens, "new_tokens")
     ids = encode_prompt(tokenizer, prompt, model.config.n_positions)
     longest = ids.shape[1] + new_tokens - 1  # the last forward pass reads the prompt and all tokens but the last
     if longest > model.config.n_positions:

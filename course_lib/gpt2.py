@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from .attention import HeadWeights, QuantizedHead
-from .evaluation import encode_passage
+from .checks import check_integer
 from .fast_attention import FastHead
 from .fhe import DEFAULT_LENGTH, HeadCircuit
 from .keys import KeyReport, cached_keys_path, ensure_keys, keys_loaded, unload_keys
@@ -75,8 +75,7 @@ def check_layer_head(model, layer: int, head: int) -> None:
     """Raise a ValueError naming the allowed ranges if ``layer`` or ``head`` does not exist."""
     n_layer, n_head = model.config.n_layer, model.config.n_head
     for name, value, count in (("layer", layer, n_layer), ("head", head, n_head)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 0 <= value < count:
-            raise ValueError(f"{name} must be an integer from 0 to {count - 1} (this model has {count}), got {value!r}")
+        check_integer(value, name, 0, count - 1, unit=f"this model has {count}")
 
 
 def head_weights(model, layer: int = 0, head: int = 0) -> HeadWeights:
@@ -108,6 +107,11 @@ def encode_prompt(tokenizer, prompt: str, max_length: int) -> torch.Tensor:
             f"the prompt is {ids.shape[1]} tokens long, more than the model's context of {max_length} tokens"
         )
     return ids
+
+
+def encode_passage(tokenizer, text: str, context: int) -> list[int]:
+    """``<|endoftext|>`` then the passage's tokens, cut to ``context`` ids (how passages are scored)."""
+    return [tokenizer.eos_token_id, *tokenizer(text)["input_ids"][: context - 1]]
 
 
 @dataclass(frozen=True)
@@ -382,10 +386,8 @@ class SwappedHead(LayerHooks):
         """
         if not self.is_calibrated:
             raise RuntimeError("calibrate the head before compiling it: swap.calibrate(tokenizer, prompts)")
-        if steps_up_to is not None and (
-            isinstance(steps_up_to, bool) or not isinstance(steps_up_to, int | np.integer) or steps_up_to <= length
-        ):
-            raise ValueError(f"steps_up_to must be an integer larger than length={length}, got {steps_up_to!r}")
+        if steps_up_to is not None:
+            check_integer(steps_up_to, "steps_up_to", length + 1, allowed=f"an integer larger than length={length}")
         lengths = [length, *range(length + 1, (steps_up_to or length) + 1)]
         compiled = [
             HeadCircuit(self.heads, self.calibration_inputs, n, config, queries=None if n == length else 1, scope=scope)

@@ -14,10 +14,10 @@ holds **secret keys**: it is for your own machine, never for a server or a repos
 The cached files are concrete's own serialization, unencrypted.
 
 **Memory.** Loaded keys take about their file's size in memory, but during its first run
-concrete decompresses the evaluation keys and keeps them so: 1.6 to 4.1 GB for the course's
-4-bit circuits. A process that runs several circuits in turn (generation, notebook 04)
-therefore keeps their keys on disk and loads each circuit's for its run only
-(:func:`keys_loaded`, :func:`unload_keys`).
+concrete decompresses the evaluation keys and keeps them so, several times their compressed
+size (``benchmarks/results/attention_fhe.json`` records both sizes per circuit). A process that
+runs several circuits in turn (generation, notebook 04) therefore keeps their keys on disk and
+loads each circuit's for its run only (:func:`keys_loaded`, :func:`unload_keys`).
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ import numpy as np
 from concrete import fhe
 from concrete.fhe.compilation.module_compiler import FunctionDef, ModuleCompiler
 
+from .checks import check_integer
 from .contract import LAYER_SCOPE, SCOPE_INPUTS, CircuitDescription, layer_function
 from .dual_array import DualArray
 from .fhe import configuration as course_configuration
@@ -75,9 +76,7 @@ class LayerCircuit:
     ) -> None:
         if not isinstance(layer, QuantizedLayer) or not layer.is_calibrated:
             raise ValueError("compile a calibrated QuantizedLayer: call layer.calibrate(inputs) first")
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int | np.integer) or max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
-        self.layer, self.max_tokens = layer, int(max_tokens)
+        self.layer, self.max_tokens = layer, check_integer(max_tokens, "max_tokens")
         #: What the client needs, and all it needs: the quantizer of ``x`` and the output integers' scale.
         self.input_params, self.output_scale = layer.input_params, layer.output_scale
         self.n_embd = layer.n_embd

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import check_integer
+
 MIN_BITS = 2
 MAX_BITS = 16
 #: Ranges narrower than this are treated as a single value (as concrete-ml does).
@@ -40,16 +42,19 @@ DEGENERATE_RANGE = 1e-6
 
 def check_n_bits(n_bits: object) -> int:
     """Return ``n_bits`` as an int, or raise a ValueError saying what is allowed."""
-    if isinstance(n_bits, bool) or not isinstance(n_bits, int | np.integer):
-        raise ValueError(f"n_bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {n_bits!r}")
-    if not MIN_BITS <= int(n_bits) <= MAX_BITS:
-        raise ValueError(f"n_bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {n_bits}")
-    return int(n_bits)
+    return check_integer(n_bits, "n_bits", MIN_BITS, MAX_BITS)
 
 
 def check_float_data(values: object, what: str = "calibration data") -> np.ndarray:
-    """Return ``values`` as a float64 array, or raise if it is empty or holds NaN or infinity."""
-    array = np.asarray(values, dtype=np.float64)
+    """Return ``values`` as a float64 array, or raise if it is not real numbers (complex, text, objects), is
+    empty, or holds NaN or infinity."""
+    raw = np.asarray(values)
+    if raw.dtype.kind not in "biuf":  # bool, signed and unsigned integers, floats
+        raise TypeError(
+            f"{what} must be real numbers (floats, integers or booleans), got an array of dtype {raw.dtype}"
+            + (": take .real or abs() first if that is what you mean" if raw.dtype.kind == "c" else "")
+        )
+    array = raw.astype(np.float64)
     if array.size == 0:
         raise ValueError(f"{what} is empty: give at least one value")
     if not np.all(np.isfinite(array)):

@@ -45,6 +45,7 @@ from concrete import fhe
 from fastapi import FastAPI, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from .checks import check_integer
 from .contract import (
     CIRCUIT,
     CLOSE_SESSION,
@@ -203,8 +204,7 @@ def create_app(
         max_run_bytes = default_max_run_bytes(description)
     limits = {"max_key_bytes": max_key_bytes, "max_run_bytes": max_run_bytes, "max_sessions": max_sessions}
     for name, value in limits.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_integer(value, name)
     server = fhe.Server.load(artifacts / SERVER_FILE)
     sessions = _Sessions(max_sessions)
     is_layer = description.scope == LAYER_SCOPE

@@ -1,4 +1,16 @@
-"""Shared test fixtures: the bundled model is loaded once per session, offline; scripts load as modules."""
+"""Shared test fixtures (the bundled model is loaded once per session, offline; scripts load as modules) and the
+markers of the tests that cost time.
+
+Markers (registered in ``pyproject.toml``; ``make test-quick`` runs the tests that carry none of them):
+
+- ``fhe``: compiles an FHE circuit;
+- ``keys``: generates evaluation keys or runs on ciphertexts (every ``keys`` test is an ``fhe`` test too);
+- ``dask``: starts a Dask cluster; ``browser``: drives JupyterLab in Chromium;
+- ``slow``: a long computation of another kind (the bundled model over every held-out passage).
+
+A test carries ``fhe`` or ``keys`` through a decorator when its own body compiles or generates keys, and through
+:func:`pytest_collection_modifyitems` when one of its fixtures does (pytest cannot mark a fixture).
+"""
 
 import importlib.util
 import os
@@ -11,6 +23,22 @@ ROOT = Path(__file__).resolve().parents[1]
 # The tests never reach the Hugging Face Hub, whatever the machine's network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+#: Fixtures whose set-up compiles a circuit (in this file or in a test module), and those whose set-up also
+#: generates its keys. A test that uses one, directly or through another fixture, carries the marker.
+COMPILING_FIXTURES = frozenset({"circuit", "circuits", "two_heads", "two_narrow_heads", "exact_circuit"})
+KEYED_FIXTURES = frozenset({"keyed", "keyed_circuits", "tiny_swap"})
+
+
+def pytest_collection_modifyitems(items):
+    """Mark each test by what its fixtures cost (see the module's docstring); ``keys`` implies ``fhe``."""
+    for item in items:
+        used = set(item.fixturenames)
+        if used & KEYED_FIXTURES:
+            item.add_marker(pytest.mark.keys)
+        if used & COMPILING_FIXTURES or item.get_closest_marker("keys"):
+            item.add_marker(pytest.mark.fhe)
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +89,19 @@ def tiny_swap(tiny_gpt2, tmp_path_factory):
     swap.ensure_keys(tmp_path_factory.mktemp("keys"), progress=False)
     yield swap
     swap.remove()
+
+
+@pytest.fixture(scope="session")
+def keyed(tmp_path_factory):
+    """A narrow head circuit (``circuits.narrow_circuit``) with its keys, in a temporary cache: the tests of
+    execution, keys and the client share it (``test_server`` keys a shorter one of its own)."""
+    from circuits import narrow_circuit
+
+    from course_lib.keys import ensure_keys
+
+    circuit = narrow_circuit()
+    ensure_keys(circuit.circuit, tmp_path_factory.mktemp("keys"), progress=False)
+    return circuit
 
 
 @pytest.fixture(scope="session")

@@ -41,5 +41,7 @@ def test_post_build_installs_the_course_and_the_notebooks_kernel():
     makefile = (ROOT / "Makefile").read_text()
     kernel = re.search(r"^KERNEL_NAME := (\S+)", makefile, re.M).group(1)
     assert f"--name {kernel}" in post_build
-    for notebook in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert len(notebooks) == 4, [p.name for p in notebooks]
+    for notebook in notebooks:
         assert json.loads(notebook.read_text())["metadata"]["kernelspec"]["name"] == kernel

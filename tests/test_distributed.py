@@ -24,6 +24,8 @@ from course_lib.fast_attention import FastHead
 from course_lib.fhe import HeadCircuit
 from course_lib.keys import ensure_keys
 
+pytestmark = pytest.mark.dask  # every test here starts a cluster or reaches for a scheduler
+
 LENGTH = 3
 N_HEADS = 3
 HEAD_DIM = 2
@@ -39,7 +41,7 @@ def heads():
 
 
 @pytest.fixture(scope="module")
-def circuits(heads, tmp_path_factory):
+def keyed_circuits(heads, tmp_path_factory):
     """One circuit per head, their keys generated into a temporary cache and then forgotten in memory."""
     from course_lib.keys import unload_keys
 
@@ -53,17 +55,17 @@ def circuits(heads, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def distributed(circuits):
-    circuits, cache = circuits
+def distributed(keyed_circuits):
+    circuits, cache = keyed_circuits
     with DistributedHeads(circuits, workers=2, cache_dir=cache) as heads:
         yield heads
 
 
-def test_distributed_run_equals_the_single_process_runs_bit_for_bit(heads, circuits, distributed):
+def test_distributed_run_equals_the_single_process_runs_bit_for_bit(heads, keyed_circuits, distributed):
     from course_lib.keys import keys_loaded
 
     heads, inputs = heads
-    circuits, cache = circuits
+    circuits, cache = keyed_circuits
     x = HeadWeights.random_inputs(1, 16, seed=5)[0][:LENGTH]
     qkv = distributed.encode(x)
     out, run = distributed.run(*qkv, progress=False)
@@ -106,10 +108,10 @@ def test_each_worker_receives_a_head_payload_once(distributed):
     assert len(payloads) == N_HEADS  # one copy of each head's payload on the cluster, none per run
 
 
-def test_workers_never_receive_a_secret_key(circuits, distributed):
+def test_workers_never_receive_a_secret_key(keyed_circuits, distributed):
     from course_lib.keys import keys_loaded
 
-    circuits, cache = circuits
+    circuits, cache = keyed_circuits
     distributed.run(*distributed.encode(HeadWeights.random_inputs(1, 16, seed=10)[0][:LENGTH]), progress=False)
 
     def held_bytes(dask_worker):
@@ -138,8 +140,8 @@ def test_workers_never_receive_a_secret_key(circuits, distributed):
                 assert all(window not in b for b in held)
 
 
-def test_a_killed_worker_is_survived_and_the_result_is_exact(circuits):
-    circuits, cache = circuits
+def test_a_killed_worker_is_survived_and_the_result_is_exact(keyed_circuits):
+    circuits, cache = keyed_circuits
     with DistributedHeads(circuits, workers=2, cache_dir=cache) as heads:
         qkv = heads.encode(HeadWeights.random_inputs(1, 16, seed=11)[0][:LENGTH])
         pids = heads.client.run(os.getpid)
@@ -185,10 +187,10 @@ def test_an_unreachable_scheduler_fails_within_seconds(monkeypatch):
         connect(connect_timeout=1)
 
 
-def test_an_existing_scheduler_from_the_environment_runs_the_heads(circuits, monkeypatch):
+def test_an_existing_scheduler_from_the_environment_runs_the_heads(keyed_circuits, monkeypatch):
     from distributed import LocalCluster
 
-    circuits, cache = circuits
+    circuits, cache = keyed_circuits
     with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
         monkeypatch.setenv(SCHEDULER_ENV, cluster.scheduler_address)
         with pytest.warns(UserWarning, match="steals work"):  # Dask's default, which the course's clusters turn off
@@ -210,9 +212,9 @@ def test_a_scheduler_without_workers_is_reported():
         assert time.monotonic() - start < 10
 
 
-def test_bad_arguments_say_what_is_allowed(heads, circuits, distributed):
+def test_bad_arguments_say_what_is_allowed(heads, keyed_circuits, distributed):
     heads, inputs = heads
-    circuits, _ = circuits
+    circuits, _ = keyed_circuits
     with pytest.raises(ValueError, match="positive integer"):
         connect(workers=0)
     with pytest.raises(ValueError, match="brings its own workers"):

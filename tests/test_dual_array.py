@@ -179,6 +179,7 @@ def tiny_attention(x: DualArray, w: QuantizedWeights, qs: dict[str, Quantizer]) 
     return out.expand_dims(0)[0].reshape(-1)
 
 
+@pytest.mark.fhe
 def test_same_code_compiles_and_simulation_equals_clear_integers():
     rng = np.random.default_rng(1)
     w = QuantizedWeights.from_float(rng.normal(size=(6, 9)) * 0.4, 4)
@@ -230,6 +231,7 @@ def test_product_errors_say_what_is_allowed():
         a @ a
 
 
+@pytest.mark.fhe
 def test_max_is_a_chain_of_pairwise_maxima():
     rng = np.random.default_rng(4)
     q = calibrated([-1.0, 1.0], 4)
@@ -247,3 +249,63 @@ def test_max_is_a_chain_of_pairwise_maxima():
     assert compiled.programmable_bootstrap_count == 3 * 5  # n - 1 lookups per row
     x = q.quantize(rng.uniform(-1, 1, size=(3, 6)))
     np.testing.assert_array_equal(compiled.simulate(x), x.max(axis=-1))
+
+
+# -- products with shared squares, and the layout operations the fast head uses ----------------------
+def quantized(values, n_bits=4, symmetric=False):
+    quantizer = Quantizer(n_bits, symmetric=symmetric)
+    quantizer.observe(values)
+    quantizer.freeze()
+    return DualArray.quantize(values, quantizer)
+
+
+@pytest.mark.parametrize("low", [-1.0, 0.0])  # signed values, and probabilities-like values >= 0 (offset 8)
+def test_shared_square_products_are_exact_without_rounding(low):
+    rng = np.random.default_rng(0)
+    a, b = quantized(rng.uniform(low, 1, size=(5, 3))), quantized(rng.uniform(-1, 1, size=(5, 3)))
+    product = a.with_squares(0).multiply(b.with_squares(0))
+    np.testing.assert_array_equal(product.int, 2 * a._centered() * b._centered())
+    np.testing.assert_allclose(product.dequantize(), a.dequantize() * b.dequantize(), rtol=1e-12, atol=1e-12)
+    assert a.with_squares(0).squares[1] == (8 if low == 0 else 0)  # the offset centers 0..15 on -8..7
+
+
+@pytest.mark.parametrize("drop_bits", [1, 2, 3])
+def test_rounded_shared_square_products_stay_within_one_and_a_half_units(drop_bits):
+    rng = np.random.default_rng(drop_bits)
+    a, b = quantized(rng.uniform(0, 1, size=(40, 8))), quantized(rng.uniform(-1, 1, size=(40, 8)))
+    product = a.with_squares(drop_bits).multiply(b.with_squares(drop_bits), drop_bits=drop_bits)
+    exact = 2 * a._centered() * b._centered() / 2**drop_bits
+    assert np.abs(product.int - exact).max() <= 1.5
+    assert np.abs(product.int - exact).max() > 0  # the rounding is real
+
+
+def test_mismatched_rounding_of_squares_is_refused():
+    a = quantized(np.linspace(-1, 1, 6))
+    with pytest.raises(ValueError, match="rounded by 1 and 2 bits"):
+        a.with_squares(1).multiply(a.with_squares(2), drop_bits=1)
+
+
+def test_take_combine_rows_and_maximum():
+    x = quantized(np.arange(12.0).reshape(4, 3) - 5)
+    taken = x.take([2, 0, 2])
+    np.testing.assert_array_equal(taken.int, x.int[[2, 0, 2]])
+    assert taken.params == x.params and quantized(np.arange(5.0)).take([4, 0]).shape == (2,)
+    sums = x.combine_rows(np.array([[1, 1, 0, 0], [0, 0, 0, 1]]))
+    np.testing.assert_array_equal(sums.int, [x._centered()[0] + x._centered()[1], x._centered()[3]])
+    np.testing.assert_allclose(sums.dequantize(), sums.float, atol=2 * x.scale)
+    with pytest.raises(ValueError, match="2-D integer matrix with 4 columns"):
+        x.combine_rows(np.ones((2, 3), dtype=int))
+    np.testing.assert_array_equal(x.maximum(x.take([3, 2, 1, 0])).int, np.maximum(x.int, x.int[::-1]))
+    with pytest.raises(ValueError, match="same scale"):
+        x.maximum(quantized(np.arange(12.0).reshape(4, 3)))
+    with pytest.raises(ValueError, match=r"rows in 0\.\.3"):
+        x.take([4])
+
+
+def test_apply_at_scale_lands_on_the_given_scale():
+    x = quantized(np.linspace(0.5, 4, 8))
+    out = x.apply_at_scale(np.log, 0.01)
+    assert out.scale == 0.01 and out.zero_point == 0
+    np.testing.assert_array_equal(out.int, np.rint(np.log(x.dequantize()) / 0.01).astype(np.int64))
+    with pytest.raises(ValueError, match="scale must be a number > 0"):
+        x.apply_at_scale(np.log, 0)

@@ -73,6 +73,7 @@ def test_costliest_step(circuits):
     assert not feedback_costliest_step(other, summary).correct
 
 
+@pytest.mark.fhe
 def test_fast_pbs_formula_is_the_compilers_count():
     from course_lib.exercises.nb03 import feedback_fast_pbs_count, solution_fast_pbs_count
     from course_lib.fast_attention import FastHead

@@ -29,6 +29,7 @@ def calibrated_heads(n_heads: int, n_inputs: int, tokens: tuple[int, int]):
     return heads, inputs
 
 
+@pytest.mark.fhe
 def test_full_attention_formula_is_the_compilers_count():
     heads, inputs = calibrated_heads(3, 8, (1, 7))
     count = HeadCircuit(heads, inputs, length=3).summary().pbs_count
@@ -45,6 +46,7 @@ def test_full_attention_feedback_for_usual_slips():
     assert "function" in feedback_full_attention_pbs(3).message
 
 
+@pytest.mark.fhe
 def test_step_formula_is_the_compilers_count():
     """Against the steps of a small layer's module (4 heads of dimension 4, 4 bits, the notebook's approximate
     rounding), compiled for simulation only, from 2 tokens on; its PBS by tag add up to each step's."""

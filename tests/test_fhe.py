@@ -1,8 +1,8 @@
-"""course_lib.fhe, keys, transport, client and server: the compiled head, its keys, and the split.
+"""course_lib.fhe: the compiled head. Simulation equals the clear quantized computation, execution equals
+simulation, inputs are checked before encryption (its keys: test_keys; client and server: test_client).
 
-The circuits here are small (a random head, model width 16, head dimension 4) so that
-compilation and key generation take seconds; the bundled model's head is checked in
-simulation, and for real in notebook 03.
+The circuits here are small (``tests/circuits.py``) so that compilation and key generation take seconds; the
+bundled model's head is checked in simulation, and for real in notebook 03.
 """
 
 import subprocess
@@ -11,47 +11,20 @@ import sys
 import numpy as np
 import pytest
 import torch
+from circuits import LENGTH, small_circuit
 
 from course_lib.attention import HeadWeights, QuantizedHead
-from course_lib.client import RemoteHead, ServerError, ServerProcess
-from course_lib.contract import CIRCUIT_FILE, OPEN_SESSION, SERVER_FILE
+from course_lib.contract import CIRCUIT_FILE, SERVER_FILE
 from course_lib.data import load_calibration_prompts
 from course_lib.dual_array import DualArray
-from course_lib.fast_attention import FastHead
 from course_lib.fhe import HeadCircuit, InputRangeError, SequenceLengthError
 from course_lib.gpt2 import SwappedHead
-from course_lib.keys import KEY_CACHE_ENV, circuit_fingerprint, ensure_keys, key_cache_dir
-from course_lib.transport import TransportError, pack, unpack
-
-LENGTH = 4
-
-
-def small_circuit(n_bits=4, lookup_bits=5, length=LENGTH, seed=0, design=QuantizedHead):
-    head = design(HeadWeights.random(16, 4, seed=seed), n_bits, lookup_bits=lookup_bits)
-    inputs = HeadWeights.random_inputs(12, 16)
-    head.calibrate(inputs)
-    return HeadCircuit(head, inputs, length=length)
+from course_lib.keys import ensure_keys
 
 
 @pytest.fixture(scope="module")
 def circuit():
     return small_circuit()
-
-
-def narrow_circuit(length=LENGTH, seed=0):
-    """The cheapest circuit to key and run, a 2-bit fast head: for the tests of keys, execution and the server.
-
-    What they check does not depend on the head's design or width; its keys take a few seconds, not twenty.
-    """
-    return small_circuit(n_bits=2, lookup_bits=2, length=length, seed=seed, design=FastHead)
-
-
-@pytest.fixture(scope="module")
-def keyed(tmp_path_factory):
-    """A narrow circuit with keys (in a temporary cache)."""
-    circuit = narrow_circuit()
-    ensure_keys(circuit.circuit, tmp_path_factory.mktemp("keys"), progress=False)
-    return circuit
 
 
 def test_simulation_equals_clear_quantized_computation(circuit):
@@ -60,6 +33,7 @@ def test_simulation_equals_clear_quantized_computation(circuit):
         np.testing.assert_array_equal(circuit.simulate(*qkv), circuit.clear(*qkv))
 
 
+@pytest.mark.fhe
 def test_products_drop_bits_and_simulation_stays_exact():
     circuit = small_circuit(n_bits=4, lookup_bits=5)
     assert any(bits > 0 for bits in circuit.head.drop_bits.values())
@@ -102,6 +76,7 @@ def test_execution_equals_simulation(keyed):
         assert set(times) == {"encrypt", "run", "decrypt"}
 
 
+@pytest.mark.keys
 def test_the_published_design_executes_as_simulated_too(tmp_path):
     """The keyed tests above run a fast head; the published design's circuit, narrow, on ciphertexts once."""
     circuit = small_circuit(n_bits=2, lookup_bits=2)
@@ -110,6 +85,7 @@ def test_the_published_design_executes_as_simulated_too(tmp_path):
     np.testing.assert_array_equal(circuit.execute(*qkv), circuit.simulate(*qkv))
 
 
+@pytest.mark.fhe
 def test_execute_without_keys_says_what_to_do():
     circuit = small_circuit(seed=4)
     with pytest.raises(RuntimeError, match="ensure_keys"):
@@ -138,80 +114,6 @@ def test_out_of_range_integers_are_refused_before_encryption(circuit):
         circuit.prepare(q.astype(float), k, v)
 
 
-def test_keys_are_cached_per_circuit(tmp_path, monkeypatch):
-    monkeypatch.setenv(KEY_CACHE_ENV, str(tmp_path / "cache"))
-    assert key_cache_dir() == tmp_path / "cache"
-    first = narrow_circuit(seed=0)
-    report = ensure_keys(first.circuit, progress=False)
-    assert report.generated and report.path.exists() and report.path.parent.name == report.fingerprint
-    again = narrow_circuit(seed=0)  # the same circuit, compiled again: same fingerprint, keys loaded
-    assert circuit_fingerprint(again.circuit) == report.fingerprint
-    second = ensure_keys(again.circuit, progress=False)
-    assert not second.generated and second.path == report.path
-    x = HeadWeights.random_inputs(1, 16)[0][:3]
-    np.testing.assert_array_equal(again.execute(*again.encode(x)), first.simulate(*first.encode(x)))
-    other = narrow_circuit(seed=1)  # another circuit (other weights) never reuses these keys
-    assert circuit_fingerprint(other.circuit) != report.fingerprint
-    assert ensure_keys(other.circuit, progress=False).generated
-
-
-def test_transport_roundtrip_and_damage():
-    parts = [b"abc", b"", bytes(range(256)) * 3]
-    message = pack(parts)
-    assert unpack(message, expected_parts=3) == parts
-    with pytest.raises(TransportError, match="truncated"):
-        unpack(message[:-5])
-    damaged = bytearray(message)
-    damaged[-10] ^= 1
-    with pytest.raises(TransportError, match="part 2 is corrupted"):
-        unpack(bytes(damaged))
-    with pytest.raises(TransportError, match="wrong header"):
-        unpack(b"hello")
-    with pytest.raises(TransportError, match="expected 1 parts"):
-        unpack(message, expected_parts=1)
-    with pytest.raises(TransportError, match="unexpected bytes"):
-        unpack(message + b"x")
-
-
-@pytest.fixture(scope="module")
-def server(keyed):
-    with ServerProcess(keyed) as process:
-        yield process
-
-
-def test_client_server_run_equals_simulation_and_never_sends_a_secret_key(keyed, server):
-    with RemoteHead(server.url, keyed) as remote:
-        x = HeadWeights.random_inputs(1, 16, seed=8)[0][:LENGTH]
-        qkv = keyed.encode(x)
-        out, stats = remote.run(*qkv)
-        np.testing.assert_array_equal(out, keyed.simulate(*qkv))
-        assert stats.bytes_sent > 0 and stats.bytes_received > 0
-        sent = remote.sent
-    assert len(sent) == 2  # the evaluation keys, then the ciphertexts
-    secret_keys = [key.serialize() for key in keyed.circuit.keys._keyset.get_client_keys().get_secret_keys()]
-    assert secret_keys and all(len(key) > 1000 for key in secret_keys)
-    for key in secret_keys:
-        payload = key[len(key) // 2 :]  # past any header: the key material itself
-        for start in range(0, len(payload) - 64, max(1, len(payload) // 8)):
-            window = payload[start : start + 64]
-            assert all(window not in body for body in sent)
-    # What was sent is exactly the evaluation keys and ciphertexts of three inputs.
-    assert unpack(sent[0]) == [keyed.circuit.keys.evaluation.serialize()]
-    assert len(unpack(sent[1])) == 3
-
-
-def test_in_process_server_of_a_memory_capped_session_answers_the_same(keyed, monkeypatch):
-    monkeypatch.setenv("COURSE_MEMORY_LIMIT", "2G")
-    with ServerProcess(keyed) as in_process:
-        assert in_process.in_process and in_process.process.poll() is None
-        with RemoteHead(in_process.url, keyed) as remote:
-            x = HeadWeights.random_inputs(1, 16, seed=8)[0][:LENGTH]
-            qkv = keyed.encode(x)
-            out, _ = remote.run(*qkv)
-        np.testing.assert_array_equal(out, keyed.simulate(*qkv))
-    assert in_process.process.poll() == 0  # the thread ended with stop()
-
-
 def test_server_artifact_holds_no_keys(keyed, tmp_path):
     import zipfile
 
@@ -221,56 +123,8 @@ def test_server_artifact_holds_no_keys(keyed, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == sorted([CIRCUIT_FILE, SERVER_FILE])
 
 
-def test_server_refuses_damaged_bytes_and_keeps_serving(keyed, server):
-    x = HeadWeights.random_inputs(1, 16, seed=9)[0][:3]
-    qkv = keyed.prepare(*keyed.encode(x))
-    with RemoteHead(server.url, keyed) as remote:
-        good = pack([value.serialize() for value in keyed.circuit.encrypt(*qkv)])
-        with pytest.raises(ServerError, match="400.*truncated"):
-            remote.send(good[: len(good) // 2])
-        damaged = bytearray(good)
-        damaged[len(damaged) // 2] ^= 0xFF
-        with pytest.raises(ServerError, match="400.*corrupted"):
-            remote.send(bytes(damaged))
-        with pytest.raises(ServerError, match="400.*not ciphertexts"):
-            remote.send(pack([b"not a ciphertext"] * 3))
-        out, _ = remote.run(*qkv)  # the next good request is served
-        np.testing.assert_array_equal(out, keyed.simulate(*qkv))
-
-
-def test_server_refuses_other_shapes_unknown_sessions_and_bad_keys(keyed, server, tmp_path):
-    other = narrow_circuit(length=LENGTH + 1)  # another sequence length
-    ensure_keys(other.circuit, tmp_path, progress=False)
-    x = HeadWeights.random_inputs(1, 16, seed=2)[0][:2]
-    foreign = pack([value.serialize() for value in other.circuit.encrypt(*other.encode(x))])
-    with RemoteHead(server.url, keyed) as remote:
-        with pytest.raises(ServerError, match=f"422.*compiled for sequence length {LENGTH}"):
-            remote.send(foreign)
-        session = remote.session
-    with pytest.raises(ServerError, match="404.*unknown session"):
-        remote.session = session  # closed above: the server forgot it
-        remote.send(foreign)
-    remote.session = None
-    with pytest.raises(ServerError, match="runs circuit"):
-        RemoteHead(server.url, other)  # the client notices the server runs another circuit
-    import requests
-
-    answer = requests.post(server.url + OPEN_SESSION.path(), data=pack([b"\x00" * 100]), timeout=10)
-    assert answer.status_code == 400 and "not evaluation keys" in answer.json()["detail"]
-    answer = requests.post(server.url + OPEN_SESSION.path(), data=b"garbage", timeout=10)
-    assert answer.status_code == 400 and "wrong header" in answer.json()["detail"]
-
-
-def test_unreachable_server_fails_fast(keyed):
-    import time
-
-    start = time.monotonic()
-    with pytest.raises(ServerError, match="cannot reach"):
-        RemoteHead("http://127.0.0.1:9", keyed)
-    assert time.monotonic() - start < 10
-
-
 # -- the bundled model ------------------------------------------------------------------------------
+@pytest.mark.keys
 def test_swapped_head_simulation_equals_quantized_mode(bundled):
     model, tokenizer = bundled
     with SwappedHead(model, 0, 0, n_bits=4, lookup_bits=5) as swap:
@@ -296,6 +150,7 @@ def test_swapped_head_simulation_equals_quantized_mode(bundled):
             model(too_long)
 
 
+@pytest.mark.fhe
 def test_modes_need_calibration_and_compilation(bundled):
     model, _ = bundled
     with SwappedHead(model, 0, 1, n_bits=4) as swap:
@@ -309,6 +164,7 @@ def test_modes_need_calibration_and_compilation(bundled):
     assert DualArray  # imported for the module's readers: the circuits run DualArray code
 
 
+@pytest.mark.fhe
 def test_lookup_bits_below_n_bits_is_refused():
     with pytest.raises(ValueError, match=r"lookup_bits \(3\) must be at least n_bits \(4\)"):
         QuantizedHead(HeadWeights.random(16, 4), 4, lookup_bits=3)
@@ -316,6 +172,7 @@ def test_lookup_bits_below_n_bits_is_refused():
         HeadCircuit(small_circuit().head, HeadWeights.random_inputs(12, 16), length=0)
 
 
+@pytest.mark.keys
 def test_a_failure_after_an_encrypted_run_keeps_its_exit_status(tmp_path):
     """concrete's exit handler ends a process that ran a circuit with status 0; keep_exit_status overrides it."""
     script = tmp_path / "fails_after_a_run.py"

@@ -1,4 +1,4 @@
-"""course_lib.attention and course_lib.gpt2: a quantized head inside GPT-2, and its top-k evaluation."""
+"""course_lib.attention and course_lib.gpt2: a quantized head inside GPT-2 (its evaluation: test_evaluation)."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,6 @@ import torch
 
 from course_lib.attention import QuantizedHead, float_head
 from course_lib.data import load_calibration_prompts, load_evaluation_passages
-from course_lib.evaluation import sweep_topk_agreement, topk_agreement
 from course_lib.gpt2 import SwappedHead, head_weights
 
 PROMPT = "Cryptography is a"
@@ -156,46 +155,3 @@ def test_head_calibration_needs_inputs(bundled):
     head = QuantizedHead(head_weights(model, 0, 0), 4)
     with pytest.raises(ValueError, match="at least one input"):
         head.calibrate([])
-
-
-def test_topk_agreement_counts():
-    ref = [torch.tensor([3, 1]), torch.tensor([0])]
-    quant = [torch.tensor([[3, 2], [2, 1]]), torch.tensor([[5, 6]])]
-    agreement, total = topk_agreement(ref, quant, ks=(1, 2))
-    assert total == 3 and agreement == {1: 1 / 3, 2: 2 / 3}
-    with pytest.raises(ValueError, match="ks must be positive integers"):
-        topk_agreement(ref, quant, ks=(0,))
-
-
-def test_sweep_improves_with_bits(bundled):
-    model, tokenizer = bundled
-    results = sweep_topk_agreement(
-        model, tokenizer, load_evaluation_passages(limit=8), CALIBRATION, n_bits_list=(2, 8), progress=False
-    )
-    low, high = results
-    for r in results:
-        a = r.agreement
-        assert 0 <= a[1] <= a[5] <= a[10] <= 1 and r.n_predictions > 100
-    assert high.agreement[1] > low.agreement[1] and high.agreement[1] > 0.9
-
-
-def test_recovered_share_of_the_heads_effect():
-    from course_lib.evaluation import Agreement
-
-    removed = Agreement(n_bits=0, agreement={1: 0.9}, n_predictions=10)
-    assert Agreement(n_bits=4, agreement={1: 0.95}, n_predictions=10).recovered(removed) == pytest.approx(0.5)
-    assert removed.recovered(removed) == 0
-    assert Agreement(n_bits=8, agreement={1: 1.0}, n_predictions=10).recovered(removed) == pytest.approx(1.0)
-
-
-def test_a_shared_reference_gives_the_same_agreements(bundled):
-    from course_lib.evaluation import float_top1, head_removed_agreement
-
-    model, tokenizer = bundled
-    passages = load_evaluation_passages(limit=4)
-    reference = float_top1(model, tokenizer, passages)
-    assert head_removed_agreement(model, tokenizer, passages, reference=reference) == head_removed_agreement(
-        model, tokenizer, passages
-    )
-    shared = sweep_topk_agreement(model, tokenizer, passages, CALIBRATION, (3,), progress=False, reference=reference)
-    assert shared == sweep_topk_agreement(model, tokenizer, passages, CALIBRATION, (3,), progress=False)

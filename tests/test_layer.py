@@ -148,6 +148,7 @@ def test_execution_equals_simulation_and_needs_no_weight(exact_layer, keyed_circ
         layer.c_proj, layer.w_proj = saved[1], saved[2]
 
 
+@pytest.mark.fhe
 def test_approximate_rounding_stays_close():
     """Rounded approximately, a q, k or v integer may be one off, and at 3 bits one step of q moves a score
     a lot: single outputs may jump. On average over the inputs the simulated layer stays about as close to

@@ -59,6 +59,7 @@ def test_greedy_generation_is_deterministic_and_matches_the_card(bundled):
         assert tokenizer.decode(runs[0][0]) == expected["completion"]
 
 
+@pytest.mark.slow
 def test_heldout_perplexity_matches_the_card_within_one_percent(bundled):
     ppl = perplexity(*bundled, load_evaluation_passages())
     assert ppl == pytest.approx(METRICS["heldout_perplexity"], rel=0.01)

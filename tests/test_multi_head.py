@@ -84,6 +84,7 @@ def test_several_heads_checks(two_heads):
         HeadCircuit([], CALIBRATION)
 
 
+@pytest.mark.keys
 def test_two_heads_execute_as_simulated(two_narrow_heads, tmp_path):
     _, circuit = two_narrow_heads
     ensure_keys(circuit.circuit, tmp_path, progress=False)
@@ -91,6 +92,7 @@ def test_two_heads_execute_as_simulated(two_narrow_heads, tmp_path):
     np.testing.assert_array_equal(circuit.execute(*qkv), circuit.simulate(*qkv))
 
 
+@pytest.mark.fhe
 def test_published_heads_side_by_side_too():
     heads = small_heads(design=QuantizedHead)
     circuit = HeadCircuit(heads, CALIBRATION, length=3)
@@ -99,6 +101,7 @@ def test_published_heads_side_by_side_too():
 
 
 # -- the bundled model -------------------------------------------------------------------------------
+@pytest.mark.fhe
 def test_swapped_attention_modes_and_generation(bundled):
     model, tokenizer = bundled
     prompt = "A key is"
@@ -132,6 +135,7 @@ def test_swapped_attention_modes_and_generation(bundled):
     assert len(float_run.tokens) == 3
 
 
+@pytest.mark.fhe
 def test_a_circuit_without_parameters_says_how_to_narrow_it(bundled, load_script):
     """Head 1 of the bundled model without rounded products needs lookups too wide for concrete's parameters.
 
@@ -156,6 +160,7 @@ def test_a_circuit_without_parameters_says_how_to_narrow_it(bundled, load_script
         assert set(row) == {"length", "error"}, script
 
 
+@pytest.mark.fhe
 def test_the_benchmark_does_not_generate_keys_too_large_for_its_limit(bundled, load_script):
     """A circuit whose evaluation keys exceed --execute-max-keys-gb is compiled and simulated, not run.
 
@@ -251,6 +256,7 @@ def test_step_circuit_checks(two_heads):
         published.attend(*dual)
 
 
+@pytest.mark.keys
 def test_keys_are_loaded_for_a_run_and_forgotten_after(two_narrow_heads, tmp_path):
     _, circuit = two_narrow_heads
     unload_keys(circuit.circuit)  # an earlier test generated them
@@ -271,6 +277,7 @@ def test_keys_are_loaded_for_a_run_and_forgotten_after(two_narrow_heads, tmp_pat
     assert circuit.circuit.keys.are_generated
 
 
+@pytest.mark.fhe
 def test_generation_runs_the_new_token_only_through_step_circuits(bundled):
     model, tokenizer = bundled
     prompt = "A key is"

@@ -13,6 +13,14 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 PROGRESS_BAR = re.compile(r"\d+%\|.*\||\d+(\.\d+)?(it|s)/(s|it)\]|elapsed")
 
 
+COURSE = ["01_quantization.ipynb", "02_single_head.ipynb", "03_compile_fhe.ipynb", "04_full_mha.ipynb"]
+
+
+def test_the_course_notebooks_are_found():
+    """The tests parametrized over ``NOTEBOOKS`` (here and in test_colab) would pass on an empty list."""
+    assert [p.name for p in NOTEBOOKS] == COURSE
+
+
 def outputs(notebook):
     for index, cell in enumerate(notebook.cells):
         for output in cell.get("outputs", []):
@@ -49,6 +57,7 @@ def test_the_clean_script_finds_nothing_to_change():
 
 
 def test_notebooks_display_widgets_through_show_widget_only():
+    assert NOTEBOOKS
     for path in NOTEBOOKS:
         for cell in nbformat.read(path, as_version=4).cells:
             if cell.cell_type == "code" and "widgets.interactive(" in cell.source:

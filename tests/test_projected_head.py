@@ -84,6 +84,7 @@ def test_circuit_from_x_counts_its_projection(exact_circuit):
     assert "encrypted x" in str(summary)
 
 
+@pytest.mark.keys
 def test_circuit_from_x_executes_as_simulated_and_the_server_takes_x(tmp_path, monkeypatch):
     head, inputs = projected_head(n_bits=2, lookup_bits=3, projection_bits=3)
     circuit = HeadCircuit(head, inputs, LENGTH, scope=SCOPE)
@@ -107,6 +108,7 @@ def test_circuit_from_x_executes_as_simulated_and_the_server_takes_x(tmp_path, m
     assert stats.bytes_sent > 0
 
 
+@pytest.mark.fhe
 def test_approximate_rounding_keeps_q_k_v_within_one():
     """Approximate rounding is the one inexact step: on the projection alone, an accumulator rounds to a
     neighbouring multiple at worst, so simulated q, k, v integers are within one when a rounded unit of
@@ -147,6 +149,7 @@ def test_inputs_from_x_are_checked_before_encryption(exact_circuit):
         exact_circuit.prepare(xq, xq, xq)
 
 
+@pytest.mark.fhe
 def test_scopes_are_checked():
     head, inputs = projected_head()
     with pytest.raises(ValueError, match="scope must be one of 'attention', 'projection\\+attention'"):
@@ -178,6 +181,7 @@ def test_aligned_scales_make_the_rounding_the_requantization():
         FastHead(HeadWeights.random(16, 4), 3, weight_scales="aligned", projection_bits=4)
 
 
+@pytest.mark.fhe
 def test_lookups_per_width_counts_every_pbs():
     from course_lib.fhe import lookups_per_width
 

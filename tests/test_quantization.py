@@ -65,6 +65,16 @@ def test_non_finite_calibration_data_is_refused(bad):
         Quantizer(4).observe(bad)
 
 
+@pytest.mark.parametrize(
+    ("bad", "hint"),
+    [(np.array([1.0 + 2.0j, 3.0]), "take .real or abs"), (["1.0", "2.0"], "dtype <U3"), ([None, 1.0], "dtype object")],
+)
+def test_data_that_is_not_real_numbers_is_refused(bad, hint):
+    with pytest.raises(TypeError, match="must be real numbers") as error:
+        Quantizer(4).observe(bad)
+    assert hint in str(error.value)
+
+
 def test_empty_calibration_data_is_refused():
     with pytest.raises(ValueError, match="is empty"):
         Quantizer(4).observe([])

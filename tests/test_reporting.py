@@ -7,7 +7,7 @@ from matplotlib.figure import Figure
 from course_lib import plots
 from course_lib.attention import HeadWeights, QuantizedHead
 from course_lib.dual_array import DualArray
-from course_lib.evaluation import Agreement, head_removed_agreement
+from course_lib.evaluation import Agreement
 from course_lib.quantization import Quantizer
 from course_lib.reporting import (
     STEP_COLUMNS,
@@ -133,42 +133,6 @@ def test_lookups_dataframe():
 
 
 # ---------------------------------------------------------------------- the head removed
-
-
-def test_head_removed_agreement_is_zeroing_the_heads_slice(bundled):
-    import torch
-
-    from course_lib.data import load_evaluation_passages
-    from course_lib.evaluation import encode_passage, topk_agreement
-
-    model, tokenizer = bundled
-    passages = load_evaluation_passages(limit=6)
-    layer, head, d = 1, 2, model.config.n_embd // model.config.n_head
-    ids = [torch.tensor([encode_passage(tokenizer, text, model.config.n_positions)]) for text in passages]
-    with torch.no_grad():
-        before = [model(i).logits for i in ids]
-    removed = head_removed_agreement(model, tokenizer, passages, layer=layer, head=head)
-    assert removed.n_bits == 0 and removed.n_predictions == sum(i.shape[1] for i in ids)
-    a = removed.agreement
-    assert 0 < a[1] <= a[5] <= a[10] <= 1 and a[1] < 1  # the head matters
-
-    def zero_slice(module, args):
-        merged = args[0].clone()
-        merged[..., head * d : (head + 1) * d] = 0
-        return (merged, *args[1:])
-
-    hook = model.transformer.h[layer].attn.c_proj.register_forward_pre_hook(zero_slice)
-    with torch.no_grad():
-        zeroed = [model(i).logits[0].topk(10, dim=-1).indices for i in ids]
-    hook.remove()
-    expected, total = topk_agreement([b[0].topk(1, dim=-1).indices[:, 0] for b in before], zeroed)
-    assert total == removed.n_predictions and removed.agreement == pytest.approx(expected)
-    with torch.no_grad():  # the model is left as it was
-        assert all(torch.equal(model(i).logits, b) for i, b in zip(ids, before, strict=True))
-    with pytest.raises(ValueError, match="layer must be an integer"):
-        head_removed_agreement(model, tokenizer, passages, layer=model.config.n_layer)
-    with pytest.raises(ValueError, match="at least one passage"):
-        head_removed_agreement(model, tokenizer, [])
 
 
 # ---------------------------------------------------------------------- figures

@@ -212,6 +212,7 @@ def test_a_server_process_collected_without_stop_ends_and_its_limits_are_options
     assert wait_until_gone(pid, timeout=10), f"the server {pid} outlived its ServerProcess"
 
 
+@pytest.mark.keys
 def test_servers_end_when_the_process_that_started_them_is_killed(tmp_path):
     """SIGKILL the parent: a server whose pipe only the parent held sees it close at once; a server whose pipe
     a child of the parent inherited sees its parent change (within a second's poll)."""

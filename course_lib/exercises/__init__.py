@@ -8,8 +8,11 @@ never wrong.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+import numpy as np
 
 Status = Literal["not attempted", "wrong", "correct"]
 
@@ -48,3 +51,50 @@ def wrong(explanation: str) -> Feedback:
 def correct(comment: str = "") -> Feedback:
     """Feedback for a right answer, optionally followed by a comment."""
     return Feedback("correct", "Correct!" + (f" {comment}" if comment else ""))
+
+
+def judge_formula(
+    answer: object,
+    call: str,
+    what: str,
+    reference: Callable[..., int],
+    cases: Sequence[tuple[int, ...]],
+    compiled: Mapping[tuple[int, ...], int] | None = None,
+    slips: Callable[[int, int, tuple[int, ...]], str | None] = lambda got, expected, case: None,
+    hint: str = "",
+    praise: str = "",
+) -> Feedback:
+    """Judge a learner's formula ``answer``, a function such as ``pbs(T, head_dim)`` (``call``) returning
+    ``what``, against the ``reference`` function, case by case.
+
+    First the reference itself is checked against the compiler's counts in ``compiled`` (a mapping from
+    arguments to count): a disagreement is the course's bug, not the learner's, and raises
+    ``RuntimeError``. Then, for each of ``cases`` in turn, the answer must return a whole number equal to
+    the reference. At the first case where it differs, ``slips(got, expected, case)`` may name a usual
+    slip; otherwise the message gives both counts, followed by ``hint``. An exception raised by the
+    answer is feedback, never a crash.
+    """
+    name = call.split("(")[0]
+    if answer is None:
+        return not_attempted(f"define `{call}` returning {what}.")
+    if not callable(answer):
+        return wrong(f"`{name}` must be a function of ({call.split('(', 1)[1]}, got {type(answer).__name__}.")
+    for case, count in (compiled or {}).items():
+        if reference(*case) != count:
+            raise RuntimeError(f"the reference formula disagrees with the compiler at {case}")
+    for case in cases:
+        try:
+            got = answer(*case)
+        except Exception as error:  # the learner's error is feedback, not a crash
+            return wrong(f"{name}{case} raised {type(error).__name__}: {error}")
+        is_number = isinstance(got, int | np.integer | float | np.floating) and not isinstance(got, bool)
+        if not is_number or not np.isfinite(got) or got != round(got):
+            return wrong(f"{name}{case} returned {got!r}: give a whole number.")
+        expected = reference(*case)
+        if int(got) == expected:
+            continue
+        slip = slips(int(got), expected, case)
+        if slip is not None:
+            return wrong(slip)
+        return wrong(f"{name}{case} = {int(got):,}, the compiler counts {expected:,}." + (f" {hint}" if hint else ""))
+    return correct(praise)

@@ -8,12 +8,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from ..fhe import CircuitSummary
-from . import Feedback, correct, not_attempted, wrong
+from . import Feedback, correct, judge_formula, not_attempted, wrong
 
 # ---------------------------------------------------------------------- exercise 1
 #: (tokens T, head dimension d) pairs on which an answer to exercise 1 is checked.
@@ -39,35 +37,27 @@ def feedback_pbs_count(answer: object, compiled: dict[tuple[int, int], int] | No
     ``compiled`` maps some ``(T, head_dim)`` to the compiler's own count; the reference
     formula is checked against them too.
     """
-    if answer is None:
-        return not_attempted("define `pbs(T, head_dim)` returning the PBS count of the encrypted part.")
-    if not callable(answer):
-        return wrong(f"`pbs` must be a function of (T, head_dim), got {type(answer).__name__}.")
-    fn: Callable[[int, int], object] = answer
-    for (tokens, head_dim), count in (compiled or {}).items():
-        if solution_pbs_count(tokens, head_dim) != count:
-            raise RuntimeError(f"the reference formula disagrees with the compiler at T={tokens}, d={head_dim}")
-    for tokens, head_dim in EX1_CASES:
-        try:
-            got = fn(tokens, head_dim)
-        except Exception as error:  # the learner's error is feedback, not a crash
-            return wrong(f"pbs({tokens}, {head_dim}) raised {type(error).__name__}: {error}")
-        is_number = isinstance(got, int | np.integer | float | np.floating) and not isinstance(got, bool)
-        if not is_number or not np.isfinite(got) or got != round(got):
-            return wrong(f"pbs({tokens}, {head_dim}) returned {got!r}: give a whole number.")
-        expected = solution_pbs_count(tokens, head_dim)
-        if int(got) == expected:
-            continue
-        half = expected - _product_pbs(tokens, head_dim) // 2
-        if int(got) == half:
-            return wrong("a product of two ciphertexts is two lookups, (a+b)^2/4 and (a-b)^2/4: count both squares.")
-        if int(got) == expected - tokens * (tokens - 1):
-            return wrong("the row maximum is not free: each of the T - 1 steps of a row's max chain is one lookup.")
-        return wrong(
-            f"pbs({tokens}, {head_dim}) = {int(got):,}, the compiler counts {expected:,}. Go through the steps: "
-            "two matmuls of encrypted operands, the row max, the softmax's lookups and product, two requantizations."
-        )
-    return correct("4 T^2 d + 6 T^2 + T d: the two encrypted matmuls dominate, and they grow as T^2.")
+
+    def slips(got: int, expected: int, case: tuple[int, ...]) -> str | None:
+        tokens, head_dim = case
+        if got == expected - _product_pbs(tokens, head_dim) // 2:
+            return "a product of two ciphertexts is two lookups, (a+b)^2/4 and (a-b)^2/4: count both squares."
+        if got == expected - tokens * (tokens - 1):
+            return "the row maximum is not free: each of the T - 1 steps of a row's max chain is one lookup."
+        return None
+
+    return judge_formula(
+        answer,
+        "pbs(T, head_dim)",
+        "the PBS count of the encrypted part",
+        solution_pbs_count,
+        EX1_CASES,
+        compiled,
+        slips,
+        hint="Go through the steps: two matmuls of encrypted operands, the row max, the softmax's lookups and "
+        "product, two requantizations.",
+        praise="4 T^2 d + 6 T^2 + T d: the two encrypted matmuls dominate, and they grow as T^2.",
+    )
 
 
 def _product_pbs(T: int, head_dim: int) -> int:  # noqa: N803
@@ -156,35 +146,28 @@ def solution_fast_pbs_count(T: int, head_dim: int) -> int:  # noqa: N803 (T as i
 
 def feedback_fast_pbs_count(answer: object, compiled: dict[tuple[int, int], int] | None = None) -> Feedback:
     """Judge ``answer``: a function ``(T, head_dim) -> PBS count`` of the fast head's encrypted part."""
-    if answer is None:
-        return not_attempted("define `fast_pbs(T, head_dim)` returning the PBS count of the fast head.")
-    if not callable(answer):
-        return wrong(f"`fast_pbs` must be a function of (T, head_dim), got {type(answer).__name__}.")
-    for (tokens, head_dim), count in (compiled or {}).items():
-        if solution_fast_pbs_count(tokens, head_dim) != count:
-            raise RuntimeError(f"the reference formula disagrees with the compiler at T={tokens}, d={head_dim}")
-    for tokens, head_dim in EX1_CASES:
-        try:
-            got = answer(tokens, head_dim)
-        except Exception as error:  # the learner's error is feedback, not a crash
-            return wrong(f"fast_pbs({tokens}, {head_dim}) raised {type(error).__name__}: {error}")
-        is_number = isinstance(got, int | np.integer | float | np.floating) and not isinstance(got, bool)
-        if not is_number or not np.isfinite(got) or got != round(got):
-            return wrong(f"fast_pbs({tokens}, {head_dim}) returned {got!r}: give a whole number.")
-        expected = solution_fast_pbs_count(tokens, head_dim)
-        if int(got) == expected:
-            continue
+
+    def slips(got: int, expected: int, case: tuple[int, ...]) -> str | None:
+        tokens, head_dim = case
         pairs = tokens * (tokens + 1) // 2
-        if int(got) == expected + 2 * (tokens * tokens - pairs) * head_dim:
-            return wrong("the fast head never computes the masked pairs j > i: count T (T + 1) / 2 pairs, not T^2.")
-        if int(got) == expected - 2 * tokens * head_dim - pairs:
-            return wrong("the squares of q, k, v and of the probabilities are lookups too, one per element.")
-        return wrong(
-            f"fast_pbs({tokens}, {head_dim}) = {int(got):,}, the compiler counts {expected:,}. Go through "
-            "FastHead.attend: squares once, one lookup per product of a causal pair, the softmax's lookups."
-        )
-    return correct(
-        "2 P d + 3 T d from the products, a few P and T from the softmax: for long sequences a quarter of 4 T^2 d."
+        if got == expected + 2 * (tokens * tokens - pairs) * head_dim:
+            return "the fast head never computes the masked pairs j > i: count T (T + 1) / 2 pairs, not T^2."
+        if got == expected - 2 * tokens * head_dim - pairs:
+            return "the squares of q, k, v and of the probabilities are lookups too, one per element."
+        return None
+
+    return judge_formula(
+        answer,
+        "fast_pbs(T, head_dim)",
+        "the PBS count of the fast head",
+        solution_fast_pbs_count,
+        EX1_CASES,
+        compiled,
+        slips,
+        hint="Go through FastHead.attend: squares once, one lookup per product of a causal pair, the softmax's "
+        "lookups.",
+        praise="2 P d + 3 T d from the products, a few P and T from the softmax: for long sequences a quarter of "
+        "4 T^2 d.",
     )
 
 

@@ -7,11 +7,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
-from . import Feedback, correct, not_attempted, wrong
+from . import Feedback, correct, judge_formula, not_attempted, wrong
 from .nb03 import solution_fast_pbs_count
 
 # ---------------------------------------------------------------------- exercise 1
@@ -24,44 +22,34 @@ def solution_full_attention_pbs(T: int, n_head: int, head_dim: int) -> int:  # n
     return n_head * solution_fast_pbs_count(T, head_dim)
 
 
-def _is_whole(value: object) -> bool:
-    is_number = isinstance(value, int | np.integer | float | np.floating) and not isinstance(value, bool)
-    return is_number and bool(np.isfinite(value)) and value == round(value)
-
-
 def feedback_full_attention_pbs(answer: object, compiled: dict[tuple[int, int, int], int] | None = None) -> Feedback:
     """Judge ``answer``: a function ``(T, n_head, head_dim) -> PBS count`` of the full attention.
 
     ``compiled`` maps some ``(T, n_head, head_dim)`` to the compiler's own count; the reference
     is checked against them too.
     """
-    if answer is None:
-        return not_attempted("define `full_pbs(T, n_head, head_dim)` returning the full attention's PBS count.")
-    if not callable(answer):
-        return wrong(f"`full_pbs` must be a function of (T, n_head, head_dim), got {type(answer).__name__}.")
-    fn: Callable[[int, int, int], object] = answer
-    for case, count in (compiled or {}).items():
-        if solution_full_attention_pbs(*case) != count:
-            raise RuntimeError(f"the reference formula disagrees with the compiler at {case}")
-    for case in EX1_CASES:
-        try:
-            got = fn(*case)
-        except Exception as error:  # the learner's error is feedback, not a crash
-            return wrong(f"full_pbs{case} raised {type(error).__name__}: {error}")
-        if not _is_whole(got):
-            return wrong(f"full_pbs{case} returned {got!r}: give a whole number.")
-        expected = solution_full_attention_pbs(*case)
-        if int(got) == expected:
-            continue
-        if int(got) == solution_fast_pbs_count(case[0], case[2]):
-            return wrong("that is one head; the circuit runs every head of the layer.")
-        if int(got) == solution_fast_pbs_count(case[0], case[1] * case[2]):
-            return wrong(
+
+    def slips(got: int, expected: int, case: tuple[int, ...]) -> str | None:
+        tokens, n_head, head_dim = case
+        if got == solution_fast_pbs_count(tokens, head_dim):
+            return "that is one head; the circuit runs every head of the layer."
+        if got == solution_fast_pbs_count(tokens, n_head * head_dim):
+            return (
                 "the heads do not mix: each one attends with its own head_dim, so the count is not that of one "
                 "head n_head times wider (the softmax is per head)."
             )
-        return wrong(f"full_pbs{case} = {int(got):,}, the compiler counts {expected:,}.")
-    return correct("n_head independent heads side by side: n_head times the PBS, and as many cores to share them.")
+        return None
+
+    return judge_formula(
+        answer,
+        "full_pbs(T, n_head, head_dim)",
+        "the full attention's PBS count",
+        solution_full_attention_pbs,
+        EX1_CASES,
+        compiled,
+        slips,
+        praise="n_head independent heads side by side: n_head times the PBS, and as many cores to share them.",
+    )
 
 
 def check_full_attention_pbs(answer: object, compiled: dict[tuple[int, int, int], int] | None = None) -> None:
@@ -94,49 +82,42 @@ def feedback_step_pbs(answer: object, compiled: dict[tuple[int, int, int], int] 
     ``compiled`` maps some ``(T, n_head, head_dim)`` to the compiler's count of a layer's step;
     the reference is checked against them too.
     """
-    if answer is None:
-        return not_attempted("define `step_pbs(T, n_head, head_dim)` returning a step's PBS count.")
-    if not callable(answer):
-        return wrong(f"`step_pbs` must be a function of (T, n_head, head_dim), got {type(answer).__name__}.")
-    for case, count in (compiled or {}).items():
-        if solution_step_pbs(*case) != count:
-            raise RuntimeError(f"the reference formula disagrees with the compiler at {case}")
-    for case in EX2_CASES:
+
+    def slips(got: int, expected: int, case: tuple[int, ...]) -> str | None:
         T, n_head, d = case  # noqa: N806
-        try:
-            got = answer(*case)
-        except Exception as error:  # the learner's error is feedback, not a crash
-            return wrong(f"step_pbs{case} raised {type(error).__name__}: {error}")
-        if not _is_whole(got):
-            return wrong(f"step_pbs{case} returned {got!r}: give a whole number.")
-        expected = solution_step_pbs(*case)
-        if int(got) == expected:
-            continue
-        if int(got) == expected // n_head:
-            return wrong("that is one head; the step runs every head of the layer.")
-        if int(got) == expected + 2 * (T - 1) * d * n_head:
-            return wrong(
+        if got == expected // n_head:
+            return "that is one head; the step runs every head of the layer."
+        if got == expected + 2 * (T - 1) * d * n_head:
+            return (
                 "the earlier tokens' keys and values have their squares in the cache already: only the new "
                 "token's are looked up."
             )
-        if int(got) == expected - 4 * d * n_head:
-            return wrong(
+        if got == expected - 4 * d * n_head:
+            return (
                 "that is the attention alone: the step also requantizes the new token's q, k, v after the "
                 "projection, and the heads' outputs before c_proj."
             )
-        if int(got) in (expected - 3 * d * n_head, expected - d * n_head):
-            return wrong(
+        if got in (expected - 3 * d * n_head, expected - d * n_head):
+            return (
                 "almost: count the requantizations on both sides of the attention, after the projection "
                 "(q, k and v) and before c_proj."
             )
-        if int(got) == expected - T * n_head:
-            return wrong("almost: the probabilities are multiplied by the values too, so they need their squares.")
-        if int(got) == solution_full_attention_pbs(*case):
-            return wrong("that is the full attention, every row; a step computes the new token's row only.")
-        return wrong(f"step_pbs{case} = {int(got):,}, the compiler counts {expected:,}.")
-    return correct(
-        "linear in T: the new token pays for every earlier one once, through the cache, and the "
-        "projections' cost does not grow at all."
+        if got == expected - T * n_head:
+            return "almost: the probabilities are multiplied by the values too, so they need their squares."
+        if got == solution_full_attention_pbs(*case):
+            return "that is the full attention, every row; a step computes the new token's row only."
+        return None
+
+    return judge_formula(
+        answer,
+        "step_pbs(T, n_head, head_dim)",
+        "a step's PBS count",
+        solution_step_pbs,
+        EX2_CASES,
+        compiled,
+        slips,
+        praise="linear in T: the new token pays for every earlier one once, through the cache, and the "
+        "projections' cost does not grow at all.",
     )
 
 

@@ -1,0 +1,26 @@
+"""Small head circuits shared by the tests of fhe, keys and client (not a test file: helpers only).
+
+The circuits are small (a random head, model width 16, head dimension 4) so that compilation and key
+generation take seconds.
+"""
+
+from course_lib.attention import HeadWeights, QuantizedHead
+from course_lib.fast_attention import FastHead
+from course_lib.fhe import HeadCircuit
+
+LENGTH = 4
+
+
+def small_circuit(n_bits=4, lookup_bits=5, length=LENGTH, seed=0, design=QuantizedHead):
+    head = design(HeadWeights.random(16, 4, seed=seed), n_bits, lookup_bits=lookup_bits)
+    inputs = HeadWeights.random_inputs(12, 16)
+    head.calibrate(inputs)
+    return HeadCircuit(head, inputs, length=length)
+
+
+def narrow_circuit(length=LENGTH, seed=0):
+    """The cheapest circuit to key and run, a 2-bit fast head: for the tests of keys, execution and the server.
+
+    What they check does not depend on the head's design or width; its keys take a few seconds, not twenty.
+    """
+    return small_circuit(n_bits=2, lookup_bits=2, length=length, seed=seed, design=FastHead)
