@@ -23,14 +23,11 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel
-
+from course_lib.config import COURSE, PUBLISHED, HeadConfig
 from course_lib.data import load_calibration_prompts
-from course_lib.fhe import DEFAULT_LOOKUP_BITS, DEFAULT_N_BITS, HeadCircuit, NoParametersError, configuration
+from course_lib.fhe import HeadCircuit, NoParametersError, configuration
 from course_lib.gpt2 import SwappedAttention
-from course_lib.models import load_model, load_tokenizer
+from course_lib.models import gpt2_shaped_inputs, gpt2_shaped_model, load_model, load_tokenizer
 from course_lib.published import PUBLISHED_GPT2_PBS_AT_6
 from course_lib.results import write_results
 
@@ -46,16 +43,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def random_gpt2_layer(seed: int = 0):
-    """A GPT-2-shaped model of one layer (GPT2Config's defaults otherwise) with seeded random weights."""
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(n_layer=1)).eval()
+def design_config(design: str) -> HeadConfig:
+    """The course's setting with the ``design`` asked for; the published design with exact products."""
+    return COURSE.replace(design=design) if design != "published" else PUBLISHED
 
 
 def swapped_heads(model, tokenizer_or_inputs, design: str) -> SwappedAttention:
     """Every head of layer 0 of ``model``, quantized and calibrated (on prompts, or on given attention inputs)."""
-    lookup_bits = DEFAULT_LOOKUP_BITS if design == "fast" else None
-    swap = SwappedAttention(model, 0, n_bits=DEFAULT_N_BITS, lookup_bits=lookup_bits, design=design)
+    swap = SwappedAttention(model, 0, design_config(design))
     if isinstance(tokenizer_or_inputs, list):
         swap.calibration_inputs = tokenizer_or_inputs
         for head in swap.heads:
@@ -86,9 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     bundled = load_model()
     tokenizer = load_tokenizer()
-    gpt2 = random_gpt2_layer()
-    rng = np.random.default_rng(0)
-    gpt2_inputs = [rng.normal(size=(max(args.lengths), gpt2.config.n_embd)) for _ in range(8)]
+    gpt2 = gpt2_shaped_model()
+    gpt2_inputs = gpt2_shaped_inputs(max(args.lengths))
     series = []
     for design in args.designs:
         for model_name, model, calibration in (("course-gpt2", bundled, tokenizer), ("gpt2-shaped", gpt2, gpt2_inputs)):
@@ -121,8 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - start
     print(f"took {seconds:.0f} s")
     record = {
-        "n_bits": DEFAULT_N_BITS,
-        "fast_lookup_bits": DEFAULT_LOOKUP_BITS,
+        "n_bits": COURSE.n_bits,
+        "fast_lookup_bits": COURSE.lookup_bits,
         "published_gpt2_pbs_at_6": PUBLISHED_GPT2_PBS_AT_6,
         "seconds": round(seconds),
         "series": series,

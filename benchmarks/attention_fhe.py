@@ -8,7 +8,7 @@ sequence length and n_bits asked for, in each *scope* asked for (``--scopes``):
 - ``attention``: the circuit starts from the client's encrypted q, k, v (the client projects);
 - ``projection+attention``: it starts from the client's encrypted attention input x, the
   projection's weights being clear constants inside the server's circuit (the fast design only,
-  with :data:`course_lib.fhe.DEFAULT_PROJECTION`: weight scales aligned with the q, k, v
+  with :data:`course_lib.config.FROM_X`: weight scales aligned with the q, k, v
   quantizers, accumulators rounded approximately);
 - ``layer``: the whole attention layer from x, c_proj included (below).
 
@@ -70,22 +70,22 @@ import numpy as np
 import torch
 from concrete import fhe
 
-from course_lib.attention import HeadWeights
+from course_lib.config import COURSE, FROM_X, HeadConfig
 from course_lib.contract import LAYER_SCOPE, SCOPES
 from course_lib.data import load_calibration_prompts, load_evaluation_passages
 from course_lib.dual_array import DualArray
 from course_lib.evaluation import float_top1, sweep_topk_agreement, topk_agreement, topk_predictions
+from course_lib.fast_attention import build_head
 from course_lib.fhe import (
-    DEFAULT_PROJECTION,
     HEAD_SCOPES,
     HeadCircuit,
     NoParametersError,
     configuration,
     lookups_per_width,
 )
-from course_lib.gpt2 import SwappedHead, head_class, head_weights
+from course_lib.gpt2 import SwappedHead, head_weights
 from course_lib.layer_circuit import LayerSession, step_name
-from course_lib.models import load_model, load_tokenizer
+from course_lib.models import gpt2_shaped_inputs, gpt2_shaped_model, load_model, load_tokenizer
 from course_lib.published import PUBLISHED_GPT2_PBS_AT_6
 from course_lib.results import write_results
 from course_lib.swapped_layer import SwappedLayer
@@ -109,14 +109,19 @@ ZAMA_REFERENCE = {
 }
 
 
-def design_lookup_bits(design: str, n_bits: int) -> int | None:
-    """The rounding each design uses: none for the published one, ``n_bits + 2`` for the fast one."""
-    return None if design == "published" else n_bits + 2
+def benchmark_config(scope: str, design: str, n_bits: int) -> HeadConfig:
+    """The head's settings in a scope: the course's (:data:`~course_lib.config.COURSE`, or
+    :data:`~course_lib.config.FROM_X` when the projection is inside the circuit) with ``design`` at ``n_bits``,
+    the lookups keeping their margin over ``n_bits``; the published design with exact products."""
+    config = (COURSE if scope == "attention" else FROM_X).replace(design=design)
+    if design == "published":
+        config = config.replace(lookup_bits=None)
+    return config.at_bits(n_bits)
 
 
-def head_options(scope: str) -> dict:
-    """The head's projection settings in a scope: the course's projection inside the circuit, else none."""
-    return dict(DEFAULT_PROJECTION) if scope != "attention" else {}
+def projection_record(config: HeadConfig) -> dict:
+    """How a row's projection is quantized and rounded (the JSON's ``projection`` field)."""
+    return {name: getattr(config, name) for name in ("n_bits_weights", "weight_scales", "exact_projection_rounding")}
 
 
 def isolated_pbs_seconds(width: int, elements: int = 64, runs: int = 3) -> float:
@@ -148,7 +153,7 @@ def isolated_pbs_seconds(width: int, elements: int = 64, runs: int = 3) -> float
     return statistics.median(seconds) / elements
 
 
-def simulated_rounding_agreement(model, tokenizer, passages, prompts, reference, n_bits: int, **options) -> dict:
+def simulated_rounding_agreement(model, tokenizer, passages, prompts, reference, config: HeadConfig) -> dict:
     """Top-1 and top-5 agreement of a head whose projection rounds approximately, with that rounding
     *simulated* by concrete instead of computed exactly in the clear.
 
@@ -157,8 +162,7 @@ def simulated_rounding_agreement(model, tokenizer, passages, prompts, reference,
     clear, exactly as the circuit computes it. (The projection compiled alone may get other cryptographic
     parameters than inside the whole head's circuit, so its rounding noise can differ a little.)
     """
-    lookup_bits = design_lookup_bits("fast", n_bits)
-    with SwappedHead(model, n_bits=n_bits, lookup_bits=lookup_bits, design="fast", **options) as swap:
+    with SwappedHead(model, 0, 0, config) as swap:
         swap.calibrate(tokenizer, prompts)
         head = swap.head
         params, d = head.quantizers["input"].params, head.weights.head_dim
@@ -329,17 +333,17 @@ def measure_layer(
     """Layer 0 whole (scope ``"layer"``): swapped into the model for its top-k agreement, compiled as a module of
     steps ``1..max_tokens``; if ``execute``, keys generated and a sequence of ``max_tokens`` tokens run step by
     step on ciphertexts ``runs`` times (after one warm-up step), each step timed and set against its PBS floor."""
-    lookup_bits = design_lookup_bits("fast", n_bits)
+    config = benchmark_config(LAYER_SCOPE, "fast", n_bits)
     row: dict = {
         "scope": LAYER_SCOPE,
         "design": "fast",
         "n_bits": n_bits,
-        "lookup_bits": lookup_bits,
+        "lookup_bits": config.lookup_bits,
         "length": max_tokens,
-        "projection": DEFAULT_PROJECTION,
+        "projection": projection_record(config),
         "passages": len(passages),
     }
-    with SwappedLayer(model, 0, n_bits=n_bits, lookup_bits=lookup_bits) as swap:
+    with SwappedLayer(model, 0, config) as swap:
         swap.calibrate(tokenizer, prompts)
         swap.mode = "quantized"
         agreement, _ = topk_agreement(reference, topk_predictions(model, tokenizer, passages, 5), (1, 5))
@@ -401,13 +405,13 @@ def measure_layer(
 
 
 def gpt2_shaped_counts(designs: list[str], lengths: list[int], n_bits: int = 4) -> list[dict]:
-    """Compile-only PBS counts and bit widths of a GPT-2-shaped head (random weights, random inputs)."""
-    weights = HeadWeights.random(768, 64, seed=0)
-    rng = np.random.default_rng(0)
-    inputs = [rng.normal(size=(max(lengths), 768)) for _ in range(8)]
+    """Compile-only PBS counts and bit widths of head 0 of a GPT-2-shaped layer (random weights, random inputs:
+    :func:`~course_lib.models.gpt2_shaped_model`, the model ``benchmarks/attention_cost_model.py`` counts on)."""
+    weights = head_weights(gpt2_shaped_model(), 0, 0)
+    inputs = gpt2_shaped_inputs(max(lengths))
     rows = []
     for design in designs:
-        head = head_class(design)(weights, n_bits, None, design_lookup_bits(design, n_bits))
+        head = build_head(weights, benchmark_config("attention", design, n_bits))
         head.calibrate(inputs)
         for length in lengths:
             row = {"design": design, "n_bits": n_bits, "length": length}
@@ -476,9 +480,8 @@ def main(argv: list[str] | None = None) -> None:
         if scope in HEAD_SCOPES and (scope == "attention" or design == "fast")
     ]
     for scope, design in measured:
-        options = head_options(scope)
         for n_bits in args.n_bits:
-            lookup_bits = design_lookup_bits(design, n_bits)
+            config = benchmark_config(scope, design, n_bits)
             agreement = sweep_topk_agreement(
                 model,
                 tokenizer,
@@ -488,29 +491,25 @@ def main(argv: list[str] | None = None) -> None:
                 ks=(1, 5),
                 progress=False,
                 reference=reference,
-                lookup_bits=lookup_bits,
-                design=design,
-                **options,
+                config=config,
             )[0].agreement
             simulated = {}
-            if scope != "attention" and not options.get("exact_projection_rounding", True):
-                simulated = simulated_rounding_agreement(
-                    model, tokenizer, passages, prompts, reference, n_bits, **options
-                )
+            if scope != "attention" and not config.exact_projection_rounding:
+                simulated = simulated_rounding_agreement(model, tokenizer, passages, prompts, reference, config)
                 top1 = simulated["top1_simulated_rounding"]
                 print(f"  top-1 with the projection's rounding simulated: {100 * top1:.2f}%")
-            head = head_class(design)(weights, n_bits, lookup_bits=lookup_bits, **options)
+            head = build_head(weights, config)
             head.calibrate(inputs)
             for length in args.lengths:
                 row = {
                     "scope": scope,
                     "design": design,
                     "n_bits": n_bits,
-                    "lookup_bits": lookup_bits,
+                    "lookup_bits": config.lookup_bits,
                     "top1": agreement[1],
                     "top5": agreement[5],
                     **simulated,
-                    **({"projection": options} if options else {}),
+                    **({"projection": projection_record(config)} if scope != "attention" else {}),
                 }
                 execute = n_bits in args.execute_n_bits and (
                     args.execute_lengths is None or length in args.execute_lengths

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from course_lib.config import COURSE
 from course_lib.data import load_calibration_prompts, load_evaluation_passages
 from course_lib.distributed import DistributedHeads
-from course_lib.fhe import DEFAULT_DESIGN, DEFAULT_LOOKUP_BITS, DEFAULT_N_BITS, HeadCircuit
+from course_lib.fhe import HeadCircuit
 from course_lib.gpt2 import SwappedAttention
 from course_lib.keys import ensure_keys, keys_loaded, unload_keys
 from course_lib.models import load_model, load_tokenizer
@@ -49,9 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     model, tokenizer = load_model(), load_tokenizer()
-    swap = SwappedAttention(
-        model, layer=0, n_bits=DEFAULT_N_BITS, lookup_bits=DEFAULT_LOOKUP_BITS, design=DEFAULT_DESIGN
-    )
+    swap = SwappedAttention(model, 0, COURSE)
     swap.calibrate(tokenizer, load_calibration_prompts())
     start = time.perf_counter()
     circuits = [HeadCircuit(head, swap.calibration_inputs, args.length) for head in swap.heads]

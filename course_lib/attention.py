@@ -50,8 +50,9 @@ from dataclasses import dataclass
 import numpy as np
 from concrete import fhe
 
+from .config import HeadConfig
 from .dual_array import DualArray, QuantizedWeights, centering_offset
-from .quantization import Quantizer, check_float_data, check_n_bits
+from .quantization import Quantizer, check_float_data
 
 #: The quantizers of one head, in the order the data meets them.
 HEAD_QUANTIZERS: tuple[str, ...] = ("input", "q", "k", "v", "scores", "exp", "inverse_sum", "probs", "output")
@@ -62,10 +63,6 @@ PRODUCT_STEPS: tuple[str, ...] = ("scores", "probs", "output")
 #: What the projection makes, in c_attn's order.
 PROJECTED: tuple[str, ...] = ("q", "k", "v")
 
-#: How the clear weights of the projection are quantized: one scale for the head's q, k and v
-#: columns together (``"tensor"``), one for each of them (``"qkv"``), or one for each chosen so that
-#: rounding the accumulator *is* the requantization (``"aligned"``, see :meth:`QuantizedHead.calibrate`).
-WEIGHT_SCALES: tuple[str, ...] = ("tensor", "qkv", "aligned")
 
 
 @dataclass(frozen=True)
@@ -186,21 +183,22 @@ class QuantizedHead:
         weight_scales: str = "tensor",
     ) -> None:
         self.weights = weights
-        self.n_bits = check_n_bits(n_bits)
-        self.n_bits_weights = check_n_bits(n_bits_weights if n_bits_weights is not None else max(n_bits, 8))
-        self.lookup_bits = self._check_rounding_bits(lookup_bits, "lookup_bits", "the sums of products")
-        self.projection_bits = self._check_rounding_bits(projection_bits, "projection_bits", "the projection's sums")
-        if weight_scales == "aligned" and projection_bits is not None:
-            raise ValueError(
-                "weight_scales='aligned' fits the projection's rounding to the q, k, v quantizers itself: "
-                "leave projection_bits unset"
-            )
-        self.exact_projection_rounding = bool(exact_projection_rounding)
-        if weight_scales not in WEIGHT_SCALES:
-            raise ValueError(
-                f"weight_scales must be one of {', '.join(map(repr, WEIGHT_SCALES))}, got {weight_scales!r}"
-            )
-        self.weight_scales = weight_scales
+        #: The head's settings, checked (:class:`~course_lib.config.HeadConfig`).
+        self.config = HeadConfig(
+            n_bits=n_bits,
+            lookup_bits=lookup_bits,
+            design=self._design_name(),
+            n_bits_weights=n_bits_weights,
+            weight_scales=weight_scales,
+            projection_bits=projection_bits,
+            exact_projection_rounding=exact_projection_rounding,
+        )
+        self.n_bits = self.config.n_bits
+        self.n_bits_weights = self.config.weight_bits
+        self.lookup_bits = self.config.lookup_bits
+        self.projection_bits = self.config.projection_bits
+        self.exact_projection_rounding = self.config.exact_projection_rounding
+        self.weight_scales = self.config.weight_scales
         d = weights.head_dim
         if weight_scales == "tensor":
             self.w_qkv = QuantizedWeights.from_float(weights.w_qkv, self.n_bits_weights)
@@ -234,16 +232,9 @@ class QuantizedHead:
         self._lowest: dict[str, int] | None = None  # the accumulators' smallest and largest integers, meanwhile
         self._highest: dict[str, int] | None = None
 
-    def _check_rounding_bits(self, bits: int | None, name: str, what: str) -> int | None:
-        if bits is None:
-            return None
-        bits = check_n_bits(bits)
-        if bits < self.n_bits:
-            raise ValueError(
-                f"{name} ({bits}) must be at least n_bits ({self.n_bits}): {what} "
-                f"cannot be narrower than the {self.n_bits}-bit values they are made of"
-            )
-        return bits
+    def _design_name(self) -> str:
+        """This head's name among :data:`~course_lib.config.DESIGNS`."""
+        return self.design
 
     # -- phases ----------------------------------------------------------------------------------
     @property

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .checks import is_integer
+from .config import PUBLISHED, HeadConfig, head_config
 from .progress import progress_bar
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
@@ -123,19 +124,17 @@ def sweep_topk_agreement(
     ks: Sequence[int] = DEFAULT_KS,
     progress: bool = True,
     reference: list | None = None,
-    lookup_bits: int | None = None,
-    design: str = "published",
-    **head_options,
+    config: HeadConfig | None = None,
+    **settings,
 ) -> list[Agreement]:
     """Top-k agreement of the model with head ``head`` of layer ``layer`` quantized, for each n_bits.
 
     ``head=None`` quantizes every head of the layer at once (:class:`~course_lib.gpt2.SwappedAttention`).
 
-    ``lookup_bits`` is handed to each :class:`~course_lib.gpt2.SwappedHead` (the product
-    steps then drop bits, as the FHE circuit does; ``None``: exact products).
-    ``design`` picks the head's construction (``"published"`` or ``"fast"``, see
-    :mod:`course_lib.fast_attention`). Further keyword arguments go to each head (e.g.
-    ``weight_scales``, see :class:`~course_lib.attention.QuantizedHead`).
+    The heads' settings are ``config`` (default :data:`~course_lib.config.PUBLISHED`) with ``settings``
+    changed (fields of :class:`~course_lib.config.HeadConfig`: ``lookup_bits=6`` rounds the product
+    steps as the FHE circuit does, ``design="fast"`` picks the course's construction, ...), and
+    ``n_bits`` set to each value of ``n_bits_list`` in turn.
 
     For each n_bits a fresh quantized head is calibrated on ``calibration_prompts``
     and swapped in; the float model's predictions are computed once (or taken from
@@ -149,11 +148,11 @@ def sweep_topk_agreement(
     if reference is None:
         reference = float_top1(model, tokenizer, passages, progress)
     results = []
-    for n_bits in progress_bar(n_bits_list, desc="n_bits", show=progress, leave=False):
-        settings = {"n_bits": n_bits, "lookup_bits": lookup_bits, "design": design, **head_options}
-        swapped = (
-            SwappedAttention(model, layer, **settings) if head is None else SwappedHead(model, layer, head, **settings)
-        )
+    n_bits_list = list(n_bits_list)
+    configs = [head_config(config, default=PUBLISHED, **{**settings, "n_bits": n}) for n in n_bits_list]
+    for setting in progress_bar(configs, desc="n_bits", show=progress, leave=False):
+        n_bits = setting.n_bits
+        swapped = SwappedAttention(model, layer, setting) if head is None else SwappedHead(model, layer, head, setting)
         with swapped as swap:
             swap.calibrate(tokenizer, calibration_prompts)
             swap.mode = "quantized"

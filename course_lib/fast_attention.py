@@ -46,8 +46,9 @@ from __future__ import annotations
 import numpy as np
 from concrete import fhe
 
-from .attention import QuantizedHead, _recorder
+from .attention import HeadWeights, QuantizedHead, _recorder
 from .checks import check_integer
+from .config import HeadConfig
 from .dual_array import DualArray
 
 
@@ -144,9 +145,12 @@ class FastHead(QuantizedHead):
         one_lookup_products: bool = True,
         **projection,
     ) -> None:
-        super().__init__(weights, n_bits, n_bits_weights, lookup_bits, **projection)
         #: False: products as two quarter-square lookups, as in the published head (change 2 off).
         self.one_lookup_products = bool(one_lookup_products)
+        super().__init__(weights, n_bits, n_bits_weights, lookup_bits, **projection)
+
+    def _design_name(self) -> str:
+        return "fast" if self.one_lookup_products else "fast-quarter-squares"
 
     def _operand(self, x: DualArray, step: str) -> DualArray:
         """``x`` ready for the products of ``step``: carrying its squares (change 2), or as it is.
@@ -194,3 +198,15 @@ class FastHead(QuantizedHead):
             v2 = self._operand(v, "output")  # T d lookups
             weighted = p2.multiply(v2.take(pairs.cols), drop_bits=drop["output"])  # (P, d)
             return keep_step("output", self._observe("output", pairs.row_sums(weighted)))  # (Q, d)
+
+
+def build_head(weights: HeadWeights, config: HeadConfig) -> QuantizedHead:
+    """The head ``config`` describes, on ``weights``: a :class:`QuantizedHead` for the ``"published"``
+    design, a :class:`FastHead` for the others (``"fast-quarter-squares"``: two lookups per product)."""
+    if not isinstance(config, HeadConfig):
+        raise TypeError(f"config must be a HeadConfig, got {type(config).__name__}")
+    options = config.projection_settings()
+    if config.design != "published":
+        options["one_lookup_products"] = config.design == "fast"
+    build = QuantizedHead if config.design == "published" else FastHead
+    return build(weights, config.n_bits, config.n_bits_weights, config.lookup_bits, **options)

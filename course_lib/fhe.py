@@ -55,6 +55,7 @@ from concrete import fhe
 
 from .attention import QuantizedHead
 from .checks import check_integer
+from .config import COURSE, FROM_X, LIGHT, HeadConfig
 from .contract import CIRCUIT_INPUTS, HEAD_SCOPES, SCOPE_INPUTS, SERVER_FILE, CircuitDescription
 from .dual_array import DualArray, side_by_side
 from .environment import memory_capped
@@ -62,30 +63,34 @@ from .keys import circuit_fingerprint
 from .quantization import QuantParams
 from .transport import pack, unpack
 
-#: The course's default FHE setting: sequence length (prompts are padded to it), activation
-#: bits, the head's construction (:mod:`course_lib.fast_attention`) and the widest sum of
-#: products a lookup of the encrypted part may read (see notebook 03 for the measurements
-#: behind them, and ``benchmarks/attention_fhe.py``).
+#: The sequence length the course's head circuits are compiled for (prompts are padded to it).
 DEFAULT_LENGTH = 4
-DEFAULT_N_BITS = 4
-DEFAULT_DESIGN = "fast"
-DEFAULT_LOOKUP_BITS = 6
-#: How a head compiled from x (scope ``"projection+attention"``) quantizes and rounds its projection
-#: (keyword arguments of :class:`~course_lib.attention.QuantizedHead`): 6-bit weights whose scales make
-#: each accumulator's rounding the requantization itself, rounded approximately (no extra PBS; see
-#: :attr:`HeadCircuit.is_exact`). Notebook 03 and ``benchmarks/attention_fhe.py`` measure the choices.
-DEFAULT_PROJECTION: dict = {"n_bits_weights": 6, "weight_scales": "aligned", "exact_projection_rounding": False}
-#: The notebooks' setting in a memory-capped session (Binder): 3-bit activations, lookups rounded to 3 bits.
-#: With one parameter set per circuit (see :func:`configuration`), their evaluation keys are a small fraction
-#: of the default setting's (the README's "lighter settings" gives the measured sizes).
-LIGHT_N_BITS = 3
-LIGHT_LOOKUP_BITS = 3
+#: The fields of :data:`course_lib.config.COURSE` under the names the notebooks use: activation bits, the
+#: head's construction (:mod:`course_lib.fast_attention`) and the widest sum of products a lookup reads.
+DEFAULT_N_BITS = COURSE.n_bits
+DEFAULT_DESIGN = COURSE.design
+DEFAULT_LOOKUP_BITS = COURSE.lookup_bits
+#: How a head compiled from x (scope ``"projection+attention"``) quantizes and rounds its projection: the
+#: fields of :data:`course_lib.config.FROM_X` that :data:`~course_lib.config.COURSE` leaves at their defaults.
+DEFAULT_PROJECTION: dict = {
+    "n_bits_weights": FROM_X.n_bits_weights,
+    "weight_scales": FROM_X.weight_scales,
+    "exact_projection_rounding": FROM_X.exact_projection_rounding,
+}
+
+
+def notebook_config() -> HeadConfig:
+    """The settings the notebooks compile their circuits at: :data:`~course_lib.config.COURSE`, or
+    :data:`~course_lib.config.LIGHT` in a memory-capped session (:func:`~course_lib.environment.memory_capped`).
+    With one parameter set per circuit (see :func:`configuration`), the light setting's evaluation keys are
+    a small fraction of the default's (the README's "lighter settings" gives the measured sizes)."""
+    return LIGHT if memory_capped() else COURSE
 
 
 def notebook_bits() -> tuple[int, int]:
-    """``(n_bits, lookup_bits)`` the notebooks compile their circuits at: the defaults, or the light ones
-    (:data:`LIGHT_N_BITS`, :data:`LIGHT_LOOKUP_BITS`) in a memory-capped session."""
-    return (LIGHT_N_BITS, LIGHT_LOOKUP_BITS) if memory_capped() else (DEFAULT_N_BITS, DEFAULT_LOOKUP_BITS)
+    """``(n_bits, lookup_bits)`` of :func:`notebook_config`."""
+    config = notebook_config()
+    return config.n_bits, config.lookup_bits
 
 
 def keep_exit_status(status: int) -> None:

@@ -35,7 +35,6 @@ cache, notebook 04.
 
 from __future__ import annotations
 
-import functools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -46,30 +45,13 @@ import torch
 
 from .attention import HeadWeights, QuantizedHead
 from .checks import check_integer
-from .fast_attention import FastHead
+from .config import COURSE, PUBLISHED, HeadConfig, head_config
+from .fast_attention import build_head
 from .fhe import DEFAULT_LENGTH, HeadCircuit
 from .keys import KeyReport, cached_keys_path, ensure_keys, keys_loaded, unload_keys
 from .progress import progress_bar
-from .quantization import check_n_bits
 
 MODES: tuple[str, ...] = ("float", "quantized", "simulate", "execute")
-
-#: The constructions of a head's encrypted part (see :mod:`course_lib.fast_attention`):
-#: the published one, the fast one, and the fast one with two lookups per product
-#: (to measure what one lookup per product saves).
-DESIGNS: tuple[str, ...] = ("published", "fast", "fast-quarter-squares")
-
-
-def head_class(design: str) -> Callable[..., QuantizedHead]:
-    """What builds a head of ``design`` (one of :data:`DESIGNS`) from ``(weights, n_bits, ...)``."""
-    if design == "published":
-        return QuantizedHead
-    if design == "fast":
-        return FastHead
-    if design == "fast-quarter-squares":
-        return functools.partial(FastHead, one_lookup_products=False)
-    raise ValueError(f"design must be one of {', '.join(repr(d) for d in DESIGNS)}, got {design!r}")
-
 
 def check_layer_head(model, layer: int, head: int) -> None:
     """Raise a ValueError naming the allowed ranges if ``layer`` or ``head`` does not exist."""
@@ -145,6 +127,10 @@ class PassReport:
     bytes_received: int | None = None
 
 
+#: The attribute of a layer's attention module that lists the swaps attached to it.
+_SWAPS = "_course_swaps"
+
+
 class LayerHooks(ABC):
     """What every swap into layer ``layer`` of a GPT-2 shares: a pre-hook on the attention that keeps its
     input ``x``, one hook on ``c_proj`` (the subclass's), the layer's attention inputs for calibration, and
@@ -156,11 +142,24 @@ class LayerHooks(ABC):
     _mode: str
     _what: str  # what the subclass swaps in, for messages: "head", "layer"
 
-    def _hook(self, model, layer: int, c_proj_hook: Callable[[torch.nn.Module], object]) -> None:
+    def _hook(
+        self, model, layer: int, heads: Sequence[int], c_proj_hook: Callable[[torch.nn.Module], object]
+    ) -> None:
+        """Attach the hooks for ``heads`` of layer ``layer``, or raise a ValueError if another swap holds one."""
+        attn = model.transformer.h[int(layer)].attn
+        attached: list[LayerHooks] = attn.__dict__.setdefault(_SWAPS, [])
+        for other in attached:
+            shared = sorted(set(heads) & set(other._swapped_heads))
+            if shared:
+                raise ValueError(
+                    f"head {shared[0]} of layer {layer} is already swapped by {other!r}: one swap per head at a "
+                    "time. Remove that swap first (its .remove(), or swap inside a `with` block that removes it "
+                    "on leaving), then swap again"
+                )
         self.model, self.layer = model, int(layer)
+        self._swapped_heads = tuple(int(h) for h in heads)
         self._x: torch.Tensor | None = None  # the attention input of the current forward pass
-        self._captured: list[np.ndarray] | None = None
-        attn = model.transformer.h[self.layer].attn
+        attached.append(self)
         self._saved_use_cache = (model.config.use_cache, model.generation_config.use_cache)
         model.config.use_cache = False
         model.generation_config.use_cache = False
@@ -168,7 +167,7 @@ class LayerHooks(ABC):
 
     def _keep_input(self, module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
-        if self._mode == "float" and self._captured is None:
+        if self._mode == "float":
             return None
         if hidden.shape[0] != 1:
             raise ValueError(
@@ -180,8 +179,6 @@ class LayerHooks(ABC):
                 f"the KV cache must be off while a {self._what} is swapped: call generate(..., use_cache=False)"
             )
         self._x = hidden
-        if self._captured is not None:
-            self._captured.append(hidden[0].detach().double().numpy())
         return None
 
     # -- mode ------------------------------------------------------------------------------------
@@ -216,10 +213,24 @@ class LayerHooks(ABC):
         """Forget what the swap kept of the sequence run so far."""
 
     # -- generation --------------------------------------------------------------------------------
-    @abstractmethod
     def check_generation(self, prompt_tokens: int, longest: int) -> None:
         """Raise a ValueError, saying what to compile, if the compiled part cannot run a generation whose
         prompt has ``prompt_tokens`` tokens and whose forward passes read up to ``longest`` tokens."""
+        most = self._most_tokens()
+        if longest > most:
+            raise ValueError(
+                f"the prompt has {prompt_tokens} tokens, so generating {longest - prompt_tokens + 1} reads up to "
+                f"{longest} tokens, but the {self._what} was compiled for at most {most}: "
+                f"{self._compile_for(longest)} or ask for fewer tokens"
+            )
+
+    @abstractmethod
+    def _most_tokens(self) -> int:
+        """The longest sequence the compiled part runs."""
+
+    @abstractmethod
+    def _compile_for(self, tokens: int) -> str:
+        """How to compile for sequences of ``tokens`` tokens, for messages."""
 
     @property
     @abstractmethod
@@ -242,21 +253,38 @@ class LayerHooks(ABC):
         return [self.attention_input(one) for one in ids]
 
     def attention_input(self, ids: torch.Tensor) -> np.ndarray:
-        """The layer's attention input ``(T, n_embd)`` for token ids ``(1, T)``, read by the float model."""
-        saved, self._mode, self._captured = self._mode, "float", []
+        """The layer's attention input ``(T, n_embd)`` for token ids ``(1, T)``, read by the float model.
+
+        A hook of its own reads it, so this works whether the swap is attached or already removed; the swap
+        itself runs in ``"float"`` mode meanwhile.
+        """
+        captured: list[np.ndarray] = []
+
+        def keep(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            captured.append(hidden[0].detach().double().numpy())
+
+        saved, self._mode = self._mode, "float"
+        handle = self.model.transformer.h[self.layer].attn.register_forward_pre_hook(keep, with_kwargs=True)
         try:
             with torch.no_grad():
                 self.model(ids)
-            return self._captured[0]
+            return captured[0]
         finally:
-            self._mode, self._captured = saved, None
+            handle.remove()
+            self._mode = saved
 
     # -- lifetime ----------------------------------------------------------------------------------
     def remove(self) -> None:
-        """Detach the hooks and restore the model's cache settings."""
+        """Detach the hooks and restore the model's cache settings (again: a no-op)."""
+        if not self._handles:
+            return
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        attached = self.model.transformer.h[self.layer].attn.__dict__.get(_SWAPS, [])
+        if self in attached:
+            attached.remove(self)
         self.model.config.use_cache, self.model.generation_config.use_cache = self._saved_use_cache
 
     def __enter__(self):
@@ -275,8 +303,9 @@ class SwappedHead(LayerHooks):
     >>> model.generate(...)                                      # runs the quantized head
     >>> swap.remove()                                            # the model as it was
 
-    Further keyword arguments go to the head (:class:`~course_lib.attention.QuantizedHead`:
-    ``projection_bits``, ``exact_projection_rounding``, ``weight_scales``).
+    The head's settings are a :class:`~course_lib.config.HeadConfig` (default
+    :data:`~course_lib.config.PUBLISHED`: the published design, exact products, 4 bits); keyword
+    arguments change single fields of it (``n_bits=6``, ``design="fast"``, ``lookup_bits=6``, ...).
 
     While attached, the model's KV cache is turned off: the quantized head reads
     the whole sequence at every step (``generate`` is for a batch of one).
@@ -286,40 +315,21 @@ class SwappedHead(LayerHooks):
     _what = "head"
     _compile_call = "swap.compile()"
 
-    def __init__(
-        self,
-        model,
-        layer: int = 0,
-        head: int = 0,
-        n_bits: int = 4,
-        n_bits_weights: int | None = None,
-        lookup_bits: int | None = None,
-        design: str = "published",
-        **projection,
-    ):
-        self._attach(model, layer, [head], n_bits, n_bits_weights, lookup_bits, design, projection)
+    #: The settings a swap of this class uses unless told otherwise.
+    default_config: HeadConfig = PUBLISHED
 
-    def _attach(
-        self,
-        model,
-        layer: int,
-        heads: Sequence[int],
-        n_bits: int,
-        n_bits_weights: int | None,
-        lookup_bits: int | None,
-        design: str,
-        projection: dict,
-    ) -> None:
+    def __init__(self, model, layer: int = 0, head: int = 0, config: HeadConfig | None = None, **settings):
+        self._attach(model, layer, [head], head_config(config, default=self.default_config, **settings))
+
+    def _attach(self, model, layer: int, heads: Sequence[int], config: HeadConfig) -> None:
         for head in heads:
             check_layer_head(model, layer, head)
         self.head_indices = [int(h) for h in heads]
-        self.n_bits = check_n_bits(n_bits)
-        build = head_class(design)
+        #: The heads' settings (:class:`~course_lib.config.HeadConfig`).
+        self.config = config
+        self.n_bits = config.n_bits
         #: The quantized heads, in the order of :attr:`head_indices`.
-        self.heads: list[QuantizedHead] = [
-            build(head_weights(model, layer, h), self.n_bits, n_bits_weights, lookup_bits, **projection)
-            for h in self.head_indices
-        ]
+        self.heads: list[QuantizedHead] = [build_head(head_weights(model, layer, h), config) for h in self.head_indices]
         self._mode = "float"
         self.calibration_inputs: list[np.ndarray] = []
         self.circuit: HeadCircuit | None = None
@@ -331,7 +341,9 @@ class SwappedHead(LayerHooks):
         self.remote = None  # a course_lib.client.RemoteHead: "execute" then runs on that server
         self.last_seconds: float | None = None  # time of the head's last run in simulate/execute mode
         self.last_run = None  # details of the last execution: times (local) or RunStats (remote)
-        self._hook(model, layer, lambda c_proj: c_proj.register_forward_pre_hook(self._replace_slice))
+        self._hook(
+            model, layer, self.head_indices, lambda c_proj: c_proj.register_forward_pre_hook(self._replace_slice)
+        )
 
     @property
     def head(self) -> QuantizedHead:
@@ -415,13 +427,13 @@ class SwappedHead(LayerHooks):
                 f"the prompt has {prompt_tokens} tokens but the swapped attention's circuit was compiled for "
                 f"{self.circuit.length}: use a shorter prompt or compile with length={prompt_tokens}"
             )
-        if longest > self.max_tokens:
-            new_tokens = longest - prompt_tokens + 1
-            raise ValueError(
-                f"the prompt has {prompt_tokens} tokens, so generating {new_tokens} reads up to {longest} tokens, "
-                f"but the circuits were compiled for at most {self.max_tokens}: compile with steps_up_to={longest} "
-                "(or a length that large) or ask for fewer tokens"
-            )
+        super().check_generation(prompt_tokens, longest)
+
+    def _most_tokens(self) -> int:
+        return self.max_tokens
+
+    def _compile_for(self, tokens: int) -> str:
+        return f"compile with steps_up_to={tokens} (or a length that large)"
 
     @property
     def last_pass(self) -> PassReport | None:
@@ -507,18 +519,14 @@ class SwappedAttention(SwappedHead):
     computes ``c_attn`` (each head's :meth:`~QuantizedHead.project`) and, after the heads,
     ``c_proj`` in float, as it computes the rest of GPT-2; in ``"simulate"`` and ``"execute"``
     modes one circuit runs every head's encrypted part (:class:`~course_lib.fhe.HeadCircuit`
-    with all the heads). The default design is the fast one (:mod:`course_lib.fast_attention`).
+    with all the heads). The default settings are :data:`~course_lib.config.COURSE` (the fast design,
+    :mod:`course_lib.fast_attention`).
     """
 
-    def __init__(
-        self,
-        model,
-        layer: int = 0,
-        n_bits: int = 4,
-        n_bits_weights: int | None = None,
-        lookup_bits: int | None = None,
-        design: str = "fast",
-        **projection,
-    ):
+    _what = "attention"
+    default_config = COURSE
+
+    def __init__(self, model, layer: int = 0, config: HeadConfig | None = None, **settings):
         check_layer_head(model, layer, 0)
-        self._attach(model, layer, range(model.config.n_head), n_bits, n_bits_weights, lookup_bits, design, projection)
+        config = head_config(config, default=self.default_config, **settings)
+        self._attach(model, layer, range(model.config.n_head), config)

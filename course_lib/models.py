@@ -110,3 +110,24 @@ def load_model(name: str | None = None):
     else:
         model = _from_hub_or_cache(GPT2LMHeadModel.from_pretrained, chosen, **kwargs)
     return model.eval()
+
+
+def gpt2_shaped_model(seed: int = 0):
+    """A one-layer model of OpenAI GPT-2's shape (``GPT2Config()``: 12 heads of dimension 64, width 768),
+    with seeded random weights, built locally: what the benchmarks count GPT-2-sized circuits on when the
+    Hugging Face Hub is out of reach. The counts depend on the shapes, and on the weights only through the
+    calibrated ranges."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(n_layer=1), attn_implementation="eager").eval()
+
+
+def gpt2_shaped_inputs(length: int, count: int = 8, *, n_embd: int = 768, seed: int = 0) -> list:
+    """``count`` seeded standard-normal attention inputs of shape ``(length, n_embd)``: the calibration
+    inputs of :func:`gpt2_shaped_model`'s heads (a layer-normed input has about unit scale)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(length, n_embd)) for _ in range(count)]

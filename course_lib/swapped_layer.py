@@ -36,8 +36,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from .fast_attention import FastHead
-from .fhe import DEFAULT_PROJECTION
+from .config import FROM_X, HeadConfig, head_config
+from .fast_attention import build_head
 from .gpt2 import LayerHooks, PassReport, check_layer_head, head_weights
 from .keys import KeyReport, ensure_keys
 from .layer import ProjectionWeights, QuantizedLayer
@@ -62,34 +62,36 @@ class SwappedLayer(LayerHooks):
     Args:
         model: a Hugging Face ``GPT2LMHeadModel``.
         layer: the layer to swap.
-        n_bits: bits of the activations (every quantizer of the heads, and the heads' shared output).
-        n_bits_weights: bits of ``c_attn``'s clear weights (default: the projection's).
-        lookup_bits: width the lookups' inputs are rounded to (see :class:`~course_lib.fast_attention.FastHead`).
+        config: every head's settings (default :data:`course_lib.config.FROM_X`: 4-bit activations, 6-bit
+            lookups, aligned 6-bit weights rounded approximately); its ``design`` must be ``"fast"``, and its
+            ``n_bits`` is also the heads' shared output's.
         n_bits_c_proj: bits of ``c_proj``'s clear weights (default: ``c_attn``'s).
-        projection: the projection's settings (default :data:`course_lib.fhe.DEFAULT_PROJECTION`).
+        settings: single fields of ``config`` to change (``n_bits=3``, ``exact_projection_rounding=True``, ...).
     """
 
     _what = "layer"
     _compile_call = "swap.compile(max_tokens)"
+    #: The settings a layer swap uses unless told otherwise.
+    default_config: HeadConfig = FROM_X
 
     def __init__(
         self,
         model,
         layer: int = 0,
-        n_bits: int = 4,
-        n_bits_weights: int | None = None,
-        lookup_bits: int | None = None,
+        config: HeadConfig | None = None,
+        *,
         n_bits_c_proj: int | None = None,
-        **projection,
+        **settings,
     ) -> None:
         check_layer_head(model, layer, 0)
-        settings = {**DEFAULT_PROJECTION, **projection}
-        if n_bits_weights is not None:
-            settings["n_bits_weights"] = n_bits_weights
-        heads = [
-            FastHead(head_weights(model, layer, h), n_bits, lookup_bits=lookup_bits, **settings)
-            for h in range(model.config.n_head)
-        ]
+        config = head_config(config, default=self.default_config, **settings)
+        if config.design != "fast":
+            raise ValueError(
+                f"a layer's heads are built with the fast design (one lookup per product), got design={config.design!r}"
+            )
+        #: The heads' settings (:class:`~course_lib.config.HeadConfig`).
+        self.config = config
+        heads = [build_head(head_weights(model, layer, h), config) for h in range(model.config.n_head)]
         #: The quantized layer (its heads and ``c_proj``), calibrated by :meth:`calibrate`.
         self.quantized = QuantizedLayer(heads, projection_weights(model, layer), n_bits_c_proj)
         self.calibration_inputs: list[np.ndarray] = []
@@ -103,7 +105,8 @@ class SwappedLayer(LayerHooks):
         self._mode = "float"
         self._session: LayerSession | None = None
         self._previous: tuple[np.ndarray, np.ndarray] | None = None  # (x integers, output reals) already run
-        self._hook(model, layer, lambda c_proj: c_proj.register_forward_hook(self._replace_output))
+        heads = range(model.config.n_head)
+        self._hook(model, layer, heads, lambda c_proj: c_proj.register_forward_hook(self._replace_output))
 
     # -- calibration and compilation ---------------------------------------------------------------
     @property
@@ -232,14 +235,11 @@ class SwappedLayer(LayerHooks):
             layer.c_proj, layer.w_proj = saved_proj
 
     # -- generation ------------------------------------------------------------------------------------
-    def check_generation(self, prompt_tokens: int, longest: int) -> None:
-        if longest > self.circuit.max_tokens:
-            new_tokens = longest - prompt_tokens + 1
-            raise ValueError(
-                f"the prompt has {prompt_tokens} tokens, so generating {new_tokens} reads up to {longest} tokens, "
-                f"but the layer was compiled for at most {self.circuit.max_tokens}: compile it with "
-                f"swap.compile(max_tokens={longest}) or ask for fewer tokens"
-            )
+    def _most_tokens(self) -> int:
+        return self.circuit.max_tokens
+
+    def _compile_for(self, tokens: int) -> str:
+        return f"compile it with swap.compile(max_tokens={tokens})"
 
     @property
     def last_pass(self) -> PassReport | None:

@@ -1,4 +1,5 @@
-"""binder/ as mybinder.org reads it: the project's pins, a CPU torch, the course installed, the notebooks' kernel."""
+"""Cross-cutting (binder/, not a module): binder/ as mybinder.org reads it: the project's pins, a CPU torch, the
+course installed, the notebooks' kernel."""
 
 import json
 import re

@@ -1,4 +1,5 @@
-"""Notebook 01 in a real browser: JupyterLab from the course's environment, driven by Playwright in Chromium.
+"""Cross-cutting (the notebooks, not a module): notebook 01 in a real browser: JupyterLab from the course's
+environment, driven by Playwright in Chromium.
 
 What a learner does after ``make lab``: open the notebook, Run > Run All Cells, look at the
 outputs, move the n_bits slider. The test does the same through the page, in headless Debian

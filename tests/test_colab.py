@@ -1,4 +1,5 @@
-"""The Colab set-up of the notebooks' first cell: its four situations, without Colab and without a network."""
+"""course_lib.colab, the Colab set-up of the notebooks' first cell: its four situations, without Colab and without a
+network."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """course_lib.dual_array: each operation's integers, its errors, and the same code traced by concrete."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from concrete import fhe
@@ -309,3 +311,18 @@ def test_apply_at_scale_lands_on_the_given_scale():
     np.testing.assert_array_equal(out.int, np.rint(np.log(x.dequantize()) / 0.01).astype(np.int64))
     with pytest.raises(ValueError, match="scale must be a number > 0"):
         x.apply_at_scale(np.log, 0)
+
+
+def test_append_and_carried_squares():
+    params = Quantizer(3, name="k")
+    params.observe([-1.0, 1.0])
+    p = params.freeze()
+    a = DualArray.from_int(np.array([[1, 2], [3, 4]]), p).with_squares(1)
+    b = DualArray.from_int(np.array([[5, 6]]), p).with_squares(1)
+    joined = a.append(b)
+    np.testing.assert_array_equal(joined.int, [[1, 2], [3, 4], [5, 6]])
+    np.testing.assert_array_equal(joined.squares[2], DualArray.from_int(joined.int, p).with_squares(1).squares[2])
+    kept = DualArray.from_int(b.int, p).carrying_squares(1, b.squares[2])
+    assert kept.squares == (1, b.squares[1], b.squares[2])
+    with pytest.raises(ValueError, match="same scale and zero point"):
+        a.append(DualArray.from_int(np.array([[1, 2]]), dataclasses.replace(p, scale=p.scale * 2)))

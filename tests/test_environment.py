@@ -1,4 +1,4 @@
-"""Finding a session's memory cap, and the compiler configuration a capped session gets."""
+"""course_lib.environment: finding a session's memory cap, and the compiler configuration a capped session gets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Notebook 01's exercises: the reference solutions pass their checks, and wrong answers are rejected."""
+"""course_lib.exercises.nb01, notebook 01's exercises: the reference solutions pass their checks, and wrong answers
+are rejected."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
-"""Notebook 03's exercises: the reference solutions are right (against the compiler), wrong answers get hints."""
+"""course_lib.exercises.nb03, notebook 03's exercises: the reference solutions are right (against the compiler),
+wrong answers get hints."""
 
 import numpy as np
 import pytest

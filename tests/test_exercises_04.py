@@ -1,4 +1,5 @@
-"""Notebook 04's exercises: the reference solutions are right (against the compiler and generate), slips get hints."""
+"""course_lib.exercises.nb04, notebook 04's exercises: the reference solutions are right (against the compiler and
+generate), slips get hints."""
 
 import numpy as np
 import pytest

@@ -7,10 +7,11 @@ import torch
 from test_dual_array import quantized  # a DualArray of values, quantized on their own range
 
 from course_lib.attention import HeadWeights, QuantizedHead, float_head
+from course_lib.config import COURSE, FROM_X, PUBLISHED
 from course_lib.data import load_calibration_prompts
-from course_lib.fast_attention import CausalPairs, FastHead
+from course_lib.fast_attention import CausalPairs, FastHead, build_head
 from course_lib.fhe import HeadCircuit
-from course_lib.gpt2 import DESIGNS, SwappedHead, head_class
+from course_lib.gpt2 import SwappedHead
 from course_lib.keys import ensure_keys
 
 LENGTH = 4
@@ -30,8 +31,6 @@ def fast_head(lookup_bits=6, seed=0, **options):
 @pytest.fixture(scope="module")
 def circuit():
     return HeadCircuit(fast_head(), CALIBRATION, length=LENGTH)
-
-
 
 
 def test_causal_pairs_match_numpy():
@@ -117,12 +116,16 @@ def test_fast_execution_equals_simulation(circuit, tmp_path):
     np.testing.assert_array_equal(circuit.execute(*qkv), circuit.simulate(*qkv))
 
 
-def test_designs_are_named_and_checked():
-    assert head_class("fast") is FastHead and head_class("published") is QuantizedHead
-    assert set(DESIGNS) == {"published", "fast", "fast-quarter-squares"}
-    assert head_class("fast-quarter-squares")(HeadWeights.random(16, 4), 4).one_lookup_products is False
-    with pytest.raises(ValueError, match="design must be one of 'published', 'fast'"):
-        head_class("quick")
+def test_build_head_builds_the_design_of_its_config():
+    weights = HeadWeights.random(16, 4)
+    assert type(build_head(weights, COURSE)) is FastHead
+    assert type(build_head(weights, PUBLISHED)) is QuantizedHead
+    quarter = build_head(weights, COURSE.replace(design="fast-quarter-squares"))
+    assert quarter.one_lookup_products is False
+    for config in (COURSE, PUBLISHED, FROM_X, COURSE.replace(design="fast-quarter-squares")):
+        assert build_head(weights, config).config == config  # the head keeps the settings it was built from
+    with pytest.raises(TypeError, match="config must be a HeadConfig"):
+        build_head(weights, {"n_bits": 4})
 
 
 @pytest.mark.fhe
@@ -140,3 +143,15 @@ def test_swapped_fast_head_simulation_equals_quantized_mode(bundled):
         torch.testing.assert_close(logits["simulate"], logits["quantized"], rtol=0, atol=0)
         assert not torch.equal(logits["quantized"], logits["float"])
         assert logits["quantized"][0, -1].argmax() == logits["float"][0, -1].argmax()
+
+
+def test_causal_pairs_of_the_last_queries():
+    full, last = CausalPairs(5), CausalPairs(5, queries=2)
+    assert len(last) == 4 + 5 and last.counts == [4, 5] and last.starts == [0, 4]
+    assert last.rows == [0] * 4 + [1] * 5 and last.cols == [0, 1, 2, 3, 0, 1, 2, 3, 4]
+    assert [(r + 3, c) for r, c in zip(last.rows, last.cols, strict=True)] == list(
+        zip(full.rows, full.cols, strict=True)
+    )[6:]
+    for bad in (0, 6, 1.0, True):
+        with pytest.raises(ValueError, match="queries must be an integer from 1 to length=5"):
+            CausalPairs(5, queries=bad)

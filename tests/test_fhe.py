@@ -17,9 +17,13 @@ from course_lib.attention import HeadWeights, QuantizedHead
 from course_lib.contract import CIRCUIT_FILE, SERVER_FILE
 from course_lib.data import load_calibration_prompts
 from course_lib.dual_array import DualArray
+from course_lib.fast_attention import FastHead
 from course_lib.fhe import HeadCircuit, InputRangeError, SequenceLengthError
 from course_lib.gpt2 import SwappedHead
-from course_lib.keys import ensure_keys
+from course_lib.keys import ensure_keys, keys_loaded, unload_keys
+
+#: Calibration inputs of the small heads side by side: enough that held-out inputs of the same kind stay in range.
+CALIBRATION = HeadWeights.random_inputs(60, 16)
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +192,145 @@ def test_a_failure_after_an_encrypted_run_keeps_its_exit_status(tmp_path):
         "sys.exit(3)\n"
     )
     assert subprocess.run([sys.executable, str(script)], timeout=300).returncode == 3
+
+
+def small_heads(n_heads=2, design=FastHead):
+    heads = [design(HeadWeights.random(16, 4, seed=h), 4, lookup_bits=6) for h in range(n_heads)]
+    for head in heads:
+        head.calibrate(CALIBRATION)
+    return heads
+
+
+@pytest.fixture(scope="module")
+def two_heads():
+    heads = small_heads()
+    return heads, HeadCircuit(heads, CALIBRATION, length=LENGTH)
+
+
+@pytest.fixture(scope="module")
+def two_narrow_heads():
+    """Two 2-bit heads of dimension 2: keys in about a second, for the tests that execute on ciphertexts."""
+    heads = [FastHead(HeadWeights.random(16, 2, seed=h), 2, lookup_bits=2) for h in range(2)]
+    for head in heads:
+        head.calibrate(CALIBRATION)
+    return heads, HeadCircuit(heads, CALIBRATION, length=LENGTH)
+
+
+def test_heads_side_by_side_equal_each_head_alone(two_heads):
+    heads, circuit = two_heads
+    alone = [HeadCircuit(head, CALIBRATION, length=LENGTH) for head in heads]
+    for x in HeadWeights.random_inputs(5, 16, seed=7):
+        x = x[:LENGTH]
+        q, k, v = circuit.encode(x)
+        assert q.shape == (LENGTH, 8)
+        together = circuit.simulate(q, k, v)
+        np.testing.assert_array_equal(together, circuit.clear(q, k, v))
+        expected = np.concatenate([c.clear(*c.encode(x)) for c in alone], axis=1)
+        np.testing.assert_array_equal(together, expected)
+        reals = np.concatenate([c.dequantize(c.clear(*c.encode(x)), len(x)) for c in alone], axis=1)
+        np.testing.assert_allclose(circuit.dequantize(together, len(x)), reals, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            circuit.dequantize(together, len(x)),
+            np.concatenate([h.run(x).dequantize() for h in heads], axis=1),
+            rtol=0,
+            atol=1e-12,
+        )
+
+
+def test_several_heads_checks(two_heads):
+    heads, circuit = two_heads
+    with pytest.raises(AttributeError, match="2 heads"):
+        _ = circuit.head
+    q, k, v = circuit.encode(HeadWeights.random_inputs(1, 16)[0][:3])
+    bad = q.copy()
+    bad[0, 5] = 99  # a column of head 1
+    with pytest.raises(InputRangeError, match="q of head 1"):
+        circuit.prepare(bad, k, v)
+    with pytest.raises(SequenceLengthError, match=r"shape \(T, 8\)"):
+        circuit.prepare(q[:, :4], k, v)
+    other = FastHead(HeadWeights.random(16, 8, seed=3), 4, lookup_bits=6)
+    other.calibrate(CALIBRATION)
+    with pytest.raises(ValueError, match="share their head dimension"):
+        HeadCircuit([heads[0], other], CALIBRATION)
+    with pytest.raises(ValueError, match="non-empty list"):
+        HeadCircuit([], CALIBRATION)
+
+
+@pytest.mark.keys
+def test_two_heads_execute_as_simulated(two_narrow_heads, tmp_path):
+    _, circuit = two_narrow_heads
+    ensure_keys(circuit.circuit, tmp_path, progress=False)
+    qkv = circuit.encode(HeadWeights.random_inputs(1, 16, seed=5)[0][:LENGTH])
+    np.testing.assert_array_equal(circuit.execute(*qkv), circuit.simulate(*qkv))
+
+
+@pytest.mark.fhe
+def test_published_heads_side_by_side_too():
+    heads = small_heads(design=QuantizedHead)
+    circuit = HeadCircuit(heads, CALIBRATION, length=3)
+    qkv = circuit.encode(HeadWeights.random_inputs(1, 16, seed=2)[0][:3])
+    np.testing.assert_array_equal(circuit.simulate(*qkv), circuit.clear(*qkv))
+
+
+@pytest.mark.parametrize("queries", [1, 2])
+def test_step_circuit_equals_the_last_rows_of_the_full_circuit(two_heads, queries):
+    heads, full = two_heads
+    step = HeadCircuit(heads, CALIBRATION, length=LENGTH, queries=queries)
+    assert step.is_step and "queries=" in repr(step) and "KV cache" in str(step.summary())
+    assert step.summary().pbs_count < full.summary().pbs_count
+    checked = 0
+    for x in HeadWeights.random_inputs(8, 16, seed=11):
+        if len(x) < LENGTH:
+            continue
+        q, k, v = full.encode(x[:LENGTH], pad=False)
+        rows = step.simulate(q[-queries:], k, v)
+        assert rows.shape == (queries, 8)
+        np.testing.assert_array_equal(rows, step.clear(q[-queries:], k, v))
+        np.testing.assert_array_equal(rows, full.clear(q, k, v)[LENGTH - queries :])
+        np.testing.assert_array_equal(step.encode(x[:LENGTH])[0], q[-queries:])
+        checked += 1
+    assert checked >= 3
+
+
+def test_step_circuit_checks(two_heads):
+    heads, full = two_heads
+    step = HeadCircuit(heads, CALIBRATION, length=LENGTH, queries=1)
+    q, k, v = full.encode(HeadWeights.random_inputs(1, 16, seed=4)[0][:3], pad=False)
+    with pytest.raises(SequenceLengthError, match=r"exactly 4 tokens, no padding\); k has shape \(3, 8\)"):
+        step.prepare(q[-1:], k, v)
+    with pytest.raises(SequenceLengthError, match=r"q of shape \(1, 8\)"):
+        step.prepare(q, k, v)
+    with pytest.raises(ValueError, match="queries must be an integer from 1 to length=4"):
+        HeadCircuit(heads, CALIBRATION, length=LENGTH, queries=5)
+    with pytest.raises(ValueError, match="the fast design"):
+        HeadCircuit(small_heads(design=QuantizedHead), CALIBRATION, length=3, queries=1)
+    with pytest.raises(ValueError, match="no calibration input has 40 tokens"):
+        HeadCircuit(heads, CALIBRATION, length=40, queries=1)
+    published = small_heads(n_heads=1, design=QuantizedHead)[0]
+    dual = [
+        DualArray.from_int(np.zeros((t, 4), dtype=np.int64), published.quantizers[n].params)
+        for t, n in ((1, "q"), (3, "k"), (3, "v"))
+    ]
+    with pytest.raises(ValueError, match="same number of tokens"):
+        published.attend(*dual)
+
+
+@pytest.mark.keys
+def test_keys_are_loaded_for_a_run_and_forgotten_after(two_narrow_heads, tmp_path):
+    _, circuit = two_narrow_heads
+    unload_keys(circuit.circuit)  # an earlier test generated them
+    with pytest.raises(RuntimeError, match="ensure_keys"):
+        with keys_loaded(circuit.circuit, tmp_path):
+            pass
+    ensure_keys(circuit.circuit, tmp_path, progress=False)
+    unload_keys(circuit.circuit)
+    assert not circuit.circuit.keys.are_generated
+    qkv = circuit.encode(HeadWeights.random_inputs(1, 16, seed=5)[0][:LENGTH])
+    with keys_loaded(circuit.circuit, tmp_path):
+        out = circuit.execute(*qkv)
+    assert not circuit.circuit.keys.are_generated
+    np.testing.assert_array_equal(out, circuit.simulate(*qkv))
+    ensure_keys(circuit.circuit, tmp_path, progress=False)
+    with keys_loaded(circuit.circuit, tmp_path):  # keys already in memory stay
+        pass
+    assert circuit.circuit.keys.are_generated

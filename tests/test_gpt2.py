@@ -1,4 +1,5 @@
-"""course_lib.attention and course_lib.gpt2: a quantized head inside GPT-2 (its evaluation: test_evaluation)."""
+"""course_lib.gpt2: quantized heads inside GPT-2, one head or all of a layer (the head on its own: test_attention; its
+evaluation: test_evaluation)."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import torch
 
 from course_lib.attention import QuantizedHead, float_head
 from course_lib.data import load_calibration_prompts, load_evaluation_passages
-from course_lib.gpt2 import SwappedHead, head_weights
+from course_lib.gpt2 import SwappedAttention, SwappedHead, head_weights
 
 PROMPT = "Cryptography is a"
 CALIBRATION = load_calibration_prompts(limit=16)
@@ -94,25 +95,6 @@ def test_many_bits_approach_the_float_model(bundled):
     assert errors[1] < errors[0] and errors[1] < 0.05
 
 
-def test_generation_with_a_quantized_head_is_deterministic(bundled):
-    model, tokenizer = bundled
-    encoded = tokenizer(PROMPT, return_tensors="pt")
-    with SwappedHead(model, 0, 0, n_bits=4) as swap:
-        swap.calibrate(tokenizer, CALIBRATION)
-        swap.mode = "quantized"
-        runs = [
-            model.generate(**encoded, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-            for _ in range(2)
-        ]
-        assert torch.equal(runs[0], runs[1]) and runs[0].shape[1] == encoded["input_ids"].shape[1] + 8
-        with pytest.raises(RuntimeError, match="use_cache=False"):
-            model.generate(
-                **encoded, max_new_tokens=3, do_sample=False, use_cache=True, pad_token_id=tokenizer.eos_token_id
-            )
-    # the cache setting is restored once the head is removed
-    assert model.generation_config.use_cache is True
-
-
 def test_clear_errors(bundled):
     model, tokenizer = bundled
     with pytest.raises(ValueError, match=r"layer must be an integer from 0 to 3 \(this model has 4\), got 4"):
@@ -140,18 +122,67 @@ def test_clear_errors(bundled):
             swap.head.run(np.zeros((3, 5)))
 
 
-def test_generate_helper_errors(bundled):
-    from course_lib.gpt2 import encode_prompt
-
-    _, tokenizer = bundled
-    with pytest.raises(ValueError, match="non-empty string"):
-        encode_prompt(tokenizer, "", 128)
-    with pytest.raises(ValueError, match="more than the model's context of 128 tokens"):
-        encode_prompt(tokenizer, "word " * 200, 128)
-
-
 def test_head_calibration_needs_inputs(bundled):
     model, _ = bundled
     head = QuantizedHead(head_weights(model, 0, 0), 4)
     with pytest.raises(ValueError, match="at least one input"):
         head.calibrate([])
+
+
+def test_one_swap_per_head_at_a_time(bundled):
+    from course_lib.swapped_layer import SwappedLayer
+
+    model, tokenizer = bundled
+    with SwappedHead(model, 0, 1) as first:
+        for second in (
+            lambda: SwappedHead(model, 0, 1, n_bits=6),
+            lambda: SwappedAttention(model, 0),
+            lambda: SwappedLayer(model, 0),
+        ):
+            with pytest.raises(
+                ValueError,
+                match=r"head 1 of layer 0 is already swapped by SwappedHead\(layer=0.*"
+                r"Remove that swap first \(its \.remove\(\)",
+            ):
+                second()
+        with SwappedHead(model, 0, 2), SwappedHead(model, 1, 1):  # other heads, another layer: fine
+            pass
+        first.remove()
+        first.remove()  # a second remove is a no-op
+        with SwappedAttention(model, 0):
+            with pytest.raises(ValueError, match="head 0 of layer 0 is already swapped by SwappedAttention"):
+                SwappedHead(model, 0, 0)
+        assert model.generation_config.use_cache is True  # restored once, by the last swap removed
+    with SwappedHead(model, 0, 1):  # removed swaps free their heads
+        pass
+
+
+def test_attention_input_reads_the_float_model_attached_or_not(bundled):
+    model, tokenizer = bundled
+    ids = ids_of(tokenizer, PROMPT)
+    _, _, x = c_proj_input(model, 2, ids, with_attention_input=True)
+    swap = SwappedHead(model, 2, 0, n_bits=4)
+    swap.calibrate(tokenizer, CALIBRATION)
+    swap.mode = "quantized"
+    np.testing.assert_array_equal(swap.attention_input(ids), x)
+    assert swap.mode == "quantized"
+    swap.remove()
+    np.testing.assert_array_equal(swap.attention_input(ids), x)
+
+
+def test_swapped_attention_replaces_every_head(bundled):
+    """With every head swapped, the float side of each head must rebuild the float model exactly."""
+    model, tokenizer = bundled
+    ids = tokenizer("The cipher text", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        reference = model(ids).logits
+    with SwappedAttention(model, 1, n_bits=8, lookup_bits=12, design="published") as swap:
+        swap.calibrate(tokenizer, load_calibration_prompts(limit=8))
+        swap.mode = "quantized"
+        with torch.no_grad():
+            quantized = model(ids).logits
+    assert not torch.equal(quantized, reference)
+    assert (quantized - reference).abs().max() < 0.5
+    assert repr(swap).startswith("SwappedAttention(layer=1, heads=[0, 1, 2, 3]")
+    with SwappedHead(model, 0, 2) as one:
+        assert one.head_index == 2 and one.head is one.heads[0]

@@ -1,4 +1,5 @@
-"""The committed notebooks: nothing in their outputs that changes from run to run, and a static fallback per widget."""
+"""Cross-cutting (the notebooks, not a module): the committed notebooks: nothing in their outputs that changes from
+run to run, and a static fallback per widget."""
 
 import re
 import subprocess

@@ -1,4 +1,4 @@
-"""Progress bars: shown unless the caller or TQDM_DISABLE hides them."""
+"""course_lib.progress: progress bars, shown unless the caller or TQDM_DISABLE hides them."""
 
 import pytest
 

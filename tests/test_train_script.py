@@ -1,4 +1,5 @@
-"""The training script: it refuses bad settings before it reads the corpus, and weights its training windows."""
+"""Cross-cutting (scripts/, not a module): the training script: it refuses bad settings before it reads the corpus,
+and weights its training windows."""
 
 import subprocess
 import sys

@@ -1,4 +1,5 @@
-"""A head whose projection runs inside the circuit (scope ``"projection+attention"``): the client sends x.
+"""course_lib.attention: the head's projection, quantized and rounded, and the circuits that start from x with it
+(scope ``"projection+attention"``, the published split: the client sends x; the head's float side: test_gpt2).
 
 The circuits are small (a random head, model width 16, head dimension 4). What is exact is
 checked for equality: with exact rounding of the projection's accumulators, the circuit from x

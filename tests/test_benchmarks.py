@@ -1,0 +1,56 @@
+"""Cross-cutting (benchmarks/, not a module): the benchmarks' scripts on small inputs: a circuit
+that does not compile is recorded as such, and keys over the memory limit are not generated."""
+
+import re
+
+import pytest
+
+from course_lib.data import load_calibration_prompts
+from course_lib.gpt2 import SwappedAttention, SwappedHead
+
+
+@pytest.mark.fhe
+def test_a_circuit_without_parameters_says_how_to_narrow_it(bundled, load_script):
+    """Head 1 of the bundled model without rounded products needs lookups too wide for concrete's parameters.
+
+    HeadCircuit raises NoParametersError, which says how to narrow the circuit. The benchmarks catch exactly that
+    error, record the circuit as one that does not compile, and go on with the next one.
+    """
+    model, tokenizer = bundled
+    with SwappedAttention(model, 0, n_bits=4, lookup_bits=None) as swap:
+        swap.calibrate(tokenizer, load_calibration_prompts(limit=16))
+        arguments = (swap.heads[1], swap.calibration_inputs, 2)
+        attention_fhe = load_script("benchmarks/attention_fhe.py")
+        cost_model = load_script("benchmarks/attention_cost_model.py")
+        rows = {
+            "attention_fhe": attention_fhe.measure_circuit(*arguments, execute=False, runs=1),
+            "attention_cost_model": cost_model.count(*arguments),
+        }
+    for script, row in rows.items():
+        # Only NoParametersError is caught there, so this message proves HeadCircuit raised it.
+        assert re.fullmatch(
+            r"does not compile: concrete found no cryptographic parameters .* lookup_bits.*", row["error"]
+        ), script
+        assert set(row) == {"length", "error"}, script
+
+
+@pytest.mark.fhe
+def test_the_benchmark_does_not_generate_keys_too_large_for_its_limit(bundled, load_script):
+    """A circuit whose evaluation keys exceed --execute-max-keys-gb is compiled and simulated, not run.
+
+    Generating keys needs more memory than their size: without this limit, the published head's 17 GB of keys
+    ran the benchmark's 25 GB machine out of memory.
+    """
+    model, tokenizer = bundled
+    attention_fhe = load_script("benchmarks/attention_fhe.py")
+    with SwappedHead(model, 0, 0, n_bits=4, lookup_bits=6, design="fast") as swap:
+        swap.calibrate(tokenizer, load_calibration_prompts(limit=16))
+        row = attention_fhe.measure_circuit(
+            swap.head, swap.calibration_inputs, 2, execute=True, runs=1, max_keys_gb=0.001
+        )
+    assert row["evaluation_keys_mb"] > 1
+    gigabytes = row["evaluation_keys_mb"] / 1e3
+    assert row["not_executed"] == (
+        f"evaluation keys {gigabytes:.1f} GB before compression, above --execute-max-keys-gb 0.001"
+    )
+    assert "keygen_seconds" not in row and "run_seconds" not in row

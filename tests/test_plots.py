@@ -1,0 +1,67 @@
+"""course_lib.plots: the figures the notebooks draw, checked by what they contain (shapes, lines, labels) and
+by the errors they raise on inputs they cannot draw."""
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from course_lib import plots
+from course_lib.evaluation import Agreement
+
+
+@pytest.mark.parametrize("n_layer, n_head, layer, head", [(4, 4, 0, 0), (12, 12, 11, 7), (1, 1, 0, 0)])
+def test_plot_head_in_gpt2(n_layer, n_head, layer, head):
+    fig = plots.plot_head_in_gpt2(n_layer, n_head, layer, head, head_dim=32)
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    left, right = fig.axes
+    assert len(left.patches) == n_layer + 2  # the blocks, the embeddings and the LM head
+    assert len(right.patches) == n_head + 6
+    texts = [t.get_text() for t in left.texts]
+    assert f"block {layer}  (this one)" in texts
+    assert any(t.get_text().startswith(f"head {head}") or t.get_text() == f"h{head}" for t in right.texts)
+
+
+@pytest.mark.parametrize("args", [(4, 4, 4, 0), (4, 4, 0, -1), (0, 4, 0, 0)])
+def test_plot_head_in_gpt2_refuses_missing_heads(args):
+    with pytest.raises(ValueError, match="must be"):
+        plots.plot_head_in_gpt2(*args)
+
+
+def agreements(offset=0.0):
+    return [Agreement(b, {1: 0.5 + b / 25 - offset, 5: 0.7 + b / 40, 10: 0.8 + b / 60}, 100) for b in range(2, 11)]
+
+
+def test_plot_topk_agreement_lines():
+    fig = plots.plot_topk_agreement(agreements())
+    (ax,) = fig.axes
+    assert len(ax.lines) == 3
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [100 * (0.5 + b / 25) for b in range(2, 11)])
+    fig = plots.plot_topk_agreement(
+        agreements(), compare=agreements(0.1), labels=("a", "b"), points=[(4, 0.96, "published")]
+    )
+    (ax,) = fig.axes
+    assert len(ax.lines) == 7
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["top-1 (a)", "top-5 (a)", "top-10 (a)", "top-1 (b)", "top-5 (b)", "top-10 (b)", "published"]
+    removed = Agreement(0, {1: 0.4, 5: 0.6, 10: 0.7}, 100)
+    (ax,) = plots.plot_topk_agreement(agreements(), baseline=removed).axes
+    assert len(ax.lines) == 6
+    assert ax.lines[3].get_ydata()[0] == pytest.approx(40) and ax.lines[3].get_linestyle() == ":"
+    assert "top-1, head removed" in [t.get_text() for t in ax.get_legend().get_texts()]
+    with pytest.raises(ValueError, match="at least one result"):
+        plots.plot_topk_agreement([])
+
+
+def test_plot_attention_heatmaps():
+    rng = np.random.default_rng(0)
+    probs = np.tril(rng.random((5, 5)))
+    probs /= probs.sum(axis=1, keepdims=True)
+    fig = plots.plot_attention_heatmaps(probs, np.round(probs * 15) / 15, list("abcde"), n_bits=4)
+    assert len(fig.axes) == 6  # three panels and their colorbars
+    assert [len(ax.images) for ax in fig.axes[:3]] == [1, 1, 1]
+    np.testing.assert_allclose(fig.axes[2].images[0].get_array(), np.round(probs * 15) / 15 - probs)
+    assert "4-bit" in fig.axes[1].get_title()
+    with pytest.raises(ValueError, match="square arrays of the same shape"):
+        plots.plot_attention_heatmaps(probs, probs[:4, :4])
+    with pytest.raises(ValueError, match="4 tokens for a 5x5"):
+        plots.plot_attention_heatmaps(probs, probs, list("abcd"))
