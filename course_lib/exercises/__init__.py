@@ -63,6 +63,7 @@ def judge_formula(
     slips: Callable[[int, int, tuple[int, ...]], str | None] = lambda got, expected, case: None,
     hint: str = "",
     praise: str = "",
+    counted_by: str = "the compiler counts",
 ) -> Feedback:
     """Judge a learner's formula ``answer``, a function such as ``pbs(T, head_dim)`` (``call``) returning
     ``what``, against the ``reference`` function, case by case.
@@ -71,7 +72,8 @@ def judge_formula(
     arguments to count): a disagreement is the course's bug, not the learner's, and raises
     ``RuntimeError``. Then, for each of ``cases`` in turn, the answer must return a whole number equal to
     the reference. At the first case where it differs, ``slips(got, expected, case)`` may name a usual
-    slip; otherwise the message gives both counts, followed by ``hint``. An exception raised by the
+    slip; otherwise the message gives both counts (the reference's introduced by ``counted_by``), followed by
+    ``hint``. An exception raised by the
     answer is feedback, never a crash.
     """
     name = call.split("(")[0]
@@ -96,5 +98,5 @@ def judge_formula(
         slip = slips(int(got), expected, case)
         if slip is not None:
             return wrong(slip)
-        return wrong(f"{name}{case} = {int(got):,}, the compiler counts {expected:,}." + (f" {hint}" if hint else ""))
+        return wrong(f"{name}{case} = {int(got):,}, {counted_by} {expected:,}." + (f" {hint}" if hint else ""))
     return correct(praise)

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from ..attention import HeadWeights, QuantizedHead
 from ..dual_array import DualArray
 from ..evaluation import Agreement
 from ..reporting import recording_lookups, step_rows
-from . import Feedback, correct, not_attempted, wrong
+from . import Feedback, correct, judge_formula, not_attempted, wrong
 
 # ---------------------------------------------------------------------- exercise 1
 #: The (tokens T, head dimension d) pairs on which an answer to exercise 1 is checked.
@@ -40,49 +40,40 @@ def measured_lookup_count(tokens: int, head_dim: int) -> int:
     return sum(lookup.elements for lookup in lookups)
 
 
-def feedback_lookup_count(answer: object) -> Feedback:
-    """Judge ``answer``: a function ``(T, head_dim) -> number of table lookups`` of the head on T tokens."""
-    if answer is None:
-        return not_attempted("define `lookups(T, head_dim)` returning the number of table lookups for T tokens.")
-    if not callable(answer):
-        return wrong(f"`lookups` must be a function of (T, head_dim), got {type(answer).__name__}.")
-    fn: Callable[[int, int], object] = answer
-    counts: dict[tuple[int, int], int] = {}
-    for tokens, head_dim in EX1_CASES:
-        try:
-            got = fn(tokens, head_dim)
-        except Exception as error:  # any error of the learner's code is feedback, not a crash
-            return wrong(f"lookups({tokens}, {head_dim}) raised {type(error).__name__}: {error}")
-        if isinstance(got, bool) or not isinstance(got, int | np.integer | float | np.floating) or got != round(got):
-            return wrong(f"lookups({tokens}, {head_dim}) returned {got!r}: give a whole number of lookups.")
-        counts[tokens, head_dim] = int(got)
-    failed = [case for case, got in counts.items() if got != solution_lookup_count(*case)]
-    if not failed:
-        return correct("4 T d + 3 T^2 + T: linear in the head's width, quadratic in the sequence length.")
-    # T = 7, d = 8 tells the usual slips apart (T, T*d, T*T and their multiples all differ)
-    t, d = _EX1_DIAGNOSTIC
-    got, expected = counts[t, d], solution_lookup_count(t, d)
-    if all(value == 8 for value in counts.values()):
-        return wrong(
+def _lookup_slip(got: int, expected: int, case: tuple[int, ...]) -> str | None:
+    """The usual slips of exercise 1, told apart at T = 7, d = 8 (T, T d, T**2 and their multiples all differ)."""
+    t, d = case
+    if got == 8:
+        return (
             "8 is the number of lookup *calls* (q, k, v, scores, exp, 1/sum, probs, output); in FHE every "
             "element of the looked-up array is one programmable bootstrap: count the elements."
         )
     if got == expected - t:
-        return wrong("you forgot one lookup: 1 / (row sum) is computed once per row, T values.")
+        return "you forgot one lookup: 1 / (row sum) is computed once per row, T values."
     if got == expected - t * d:
-        return wrong("you forgot one lookup: the output (probs @ v) is requantized before it leaves the head.")
+        return "you forgot one lookup: the output (probs @ v) is requantized before it leaves the head."
     if got in (expected - 3 * t * d, expected - 2 * t * d):
-        return wrong("q, k and v are requantized separately, each a (T, head_dim) array: three lookups.")
+        return "q, k and v are requantized separately, each a (T, head_dim) array: three lookups."
     if got in (expected - t * t, expected - 2 * t * t, expected + t * t):
-        return wrong(
+        return (
             "count the (T, T) lookups again: the scores, exp and probs each go through a table, "
             "the masked entries included (the mask only multiplies by 0 or 1, for free)."
         )
-    t, d = failed[0]
-    return wrong(
-        f"for T = {t} tokens and head_dim = {d} you count {counts[t, d]}, the head makes "
-        f"{solution_lookup_count(t, d)} lookups. Go through the (L) arrows of the head's diagram and add the size "
-        "of each looked-up array."
+    return None
+
+
+def feedback_lookup_count(answer: object) -> Feedback:
+    """Judge ``answer``: a function ``(T, head_dim) -> number of table lookups`` of the head on T tokens."""
+    return judge_formula(
+        answer,
+        "lookups(T, head_dim)",
+        "the number of table lookups for T tokens",
+        solution_lookup_count,
+        (_EX1_DIAGNOSTIC, *(case for case in EX1_CASES if case != _EX1_DIAGNOSTIC)),
+        slips=_lookup_slip,
+        hint="Go through the (L) arrows of the head's diagram and add the size of each looked-up array.",
+        praise="4 T d + 3 T^2 + T: linear in the head's width, quadratic in the sequence length.",
+        counted_by="the head makes",
     )
 
 
