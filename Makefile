@@ -1,6 +1,6 @@
 # The course's two commands (see README.md):
 #   make lab    set up .venv if needed, then open JupyterLab on notebooks/
-#   make test   set up .venv if needed, then unit tests and nbval on every notebook
+#   make test   set up .venv if needed, then unit tests and nbval on every notebook (in two lanes side by side)
 # Everything else here is a building block of those two.
 
 SHELL := /bin/bash
@@ -20,7 +20,7 @@ PYTHON ?= $(shell for p in python3.11 python3.12 python3.10 python3; do \
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: lab test test-quick setup kernel unit nbval notebooks lint train-model clean
+.PHONY: lab test test-quick test-lane-long test-lane-rest setup kernel unit nbval notebooks lint train-model clean
 
 # JupyterLab refuses to run as root unless told (containers, CI): say so only there.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
@@ -28,7 +28,28 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/ $(ROOT_FLAG) $(LAB_ARGS)
 
-test: setup unit nbval
+# Two lanes side by side: notebook 04 (the longest, about 20 minutes) in one, every unit test and then the other
+# notebooks in the other. Most of a lane's time is spent compiling circuits, which keeps one core busy, so two lanes
+# share a 2-core machine well: `make test` takes about as long as the longer lane. Memory: notebook 04 peaks at about
+# 13 GB (its server's evaluation keys), the other lane at about 5 GB, well within the 24 GB of the CI machine.
+# Each lane's output is printed when the lane ends (`--output-sync`), so the two never interleave.
+LONG_NOTEBOOK := notebooks/04_full_mha.ipynb
+OTHER_NOTEBOOKS := $(filter-out $(LONG_NOTEBOOK),$(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb)))
+
+test: setup
+	@echo "make test: two lanes side by side, each printed when it ends: [$(LONG_NOTEBOOK)] and [unit tests, then $(OTHER_NOTEBOOKS)]"
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-lane-long test-lane-rest; status=$$?; \
+	echo "make test: both lanes done in $$(( $$(date +%s) - start )) s"; exit $$status
+
+test-lane-long:
+	@start=$$(date +%s); $(MAKE) --no-print-directory nbval NBVAL_NOTEBOOKS="$(LONG_NOTEBOOK)"; status=$$?; \
+	echo "lane [$(LONG_NOTEBOOK)] took $$(( $$(date +%s) - start )) s"; exit $$status
+
+test-lane-rest:
+	@start=$$(date +%s); $(MAKE) --no-print-directory unit && \
+	$(MAKE) --no-print-directory nbval NBVAL_NOTEBOOKS="$(OTHER_NOTEBOOKS)"; status=$$?; \
+	echo "lane [unit tests, then $(OTHER_NOTEBOOKS)] took $$(( $$(date +%s) - start )) s"; exit $$status
 
 # The venv is rebuilt when it is missing or its Python no longer runs (a moved or deleted interpreter),
 # and reinstalled only when requirements.txt or pyproject.toml changed since the last install.
@@ -61,12 +82,13 @@ QUICK := not (fhe or keys or dask or browser or slow)
 test-quick: setup
 	$(VENV)/bin/pytest -q --durations=5 -m "$(QUICK)" tests
 
-# nbval re-runs every notebook in the course's environment and compares with the committed outputs.
+# nbval re-runs every notebook (or NBVAL_NOTEBOOKS) in the course's environment and compares with the committed outputs.
 # pytest exits with 5 when it collects nothing (no notebook has code cells yet): that is not a failure.
 # TQDM_DISABLE: no progress widgets in the outputs (their ids and timings change at every run; see course_lib.progress).
+NBVAL_NOTEBOOKS ?= notebooks/
 nbval: setup
 	@status=0; TQDM_DISABLE=1 $(VENV)/bin/pytest -q -p no:randomly --nbval --nbval-current-env \
-		--nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks/ || status=$$?; \
+		--nbval-sanitize-with notebooks/nbval_sanitize.cfg $(NBVAL_NOTEBOOKS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "nbval: no notebook cells to check yet"; exit 0; fi; exit $$status
 
 # Re-run notebooks in place and commit them afterwards: every notebook, or one with NB=03_compile_fhe.ipynb.

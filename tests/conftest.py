@@ -51,11 +51,15 @@ def bundled():
 
 #: The tiny GPT-2's encrypted layer is compiled for sequences of up to this many tokens.
 TINY_MAX_TOKENS = 3
+#: The tiny GPT-2's width and heads: two heads of 4. Compiling its layer (and its simulation) takes about a third
+#: of the time four heads of 4 took, and every code path of a layer (several heads, c_proj, the cache) is there.
+TINY_N_EMBD, TINY_N_HEAD = 8, 2
+TINY_HEAD_DIM = TINY_N_EMBD // TINY_N_HEAD
 
 
 @pytest.fixture(scope="session")
 def tiny_gpt2():
-    """(model, tokenizer): a tiny random GPT-2 (width 16, four heads of 4, two layers) with the bundled tokenizer.
+    """(model, tokenizer): a tiny random GPT-2 (width 8, two heads of 4, two layers) with the bundled tokenizer.
 
     Its weights are drawn wider than GPT-2's initialisation (``initializer_range`` 0.2) so that its
     attention is not uniform. Small enough that compiling a whole attention layer and generating its keys
@@ -68,14 +72,19 @@ def tiny_gpt2():
     tokenizer = load_tokenizer()
     torch.manual_seed(0)
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=16, n_embd=16, n_layer=2, n_head=4, initializer_range=0.2
+        vocab_size=len(tokenizer),
+        n_positions=16,
+        n_embd=TINY_N_EMBD,
+        n_layer=2,
+        n_head=TINY_N_HEAD,
+        initializer_range=0.2,
     )
     return GPT2LMHeadModel(config).eval(), tokenizer
 
 
 @pytest.fixture(scope="session")
 def tiny_swap(tiny_gpt2, tmp_path_factory):
-    """Layer 0 of :func:`tiny_gpt2` swapped for the quantized layer (3 bits, lookups rounded to 5, the
+    """Layer 0 of :func:`tiny_gpt2` swapped for the quantized layer (3 bits, lookups rounded to 4, the
     projection rounded exactly), calibrated on 24 prompts, compiled for ``TINY_MAX_TOKENS`` tokens, with
     keys. One compiled module for ``test_layer`` and ``test_swapped_layer``; tests that change its mode or
     weights put them back."""
@@ -83,7 +92,7 @@ def tiny_swap(tiny_gpt2, tmp_path_factory):
     from course_lib.swapped_layer import SwappedLayer
 
     model, tokenizer = tiny_gpt2
-    swap = SwappedLayer(model, 0, n_bits=3, lookup_bits=5, exact_projection_rounding=True)
+    swap = SwappedLayer(model, 0, n_bits=3, lookup_bits=4, exact_projection_rounding=True)
     swap.calibrate(tokenizer, load_calibration_prompts(limit=24))
     swap.compile(TINY_MAX_TOKENS)
     swap.ensure_keys(tmp_path_factory.mktemp("keys"), progress=False)

@@ -49,18 +49,18 @@ def test_full_attention_feedback_for_usual_slips():
 
 @pytest.mark.fhe
 def test_step_formula_is_the_compilers_count():
-    """Against the steps of a small layer's module (4 heads of dimension 4, 4 bits, the notebook's approximate
+    """Against the steps of a small layer's module (2 heads of dimension 4, 4 bits, the notebook's approximate
     rounding), compiled for simulation only, from 2 tokens on; its PBS by tag add up to each step's."""
     rng = np.random.default_rng(0)
-    inputs = [rng.normal(size=(int(rng.integers(2, 6)), 16)) for _ in range(16)]
-    heads = [FastHead(HeadWeights.random(16, 4, seed=h), 4, lookup_bits=6, **DEFAULT_PROJECTION) for h in range(4)]
-    layer = QuantizedLayer(heads, ProjectionWeights(rng.normal(scale=0.3, size=(16, 16)), np.zeros(16)))
+    inputs = [rng.normal(size=(int(rng.integers(2, 6)), 8)) for _ in range(16)]
+    heads = [FastHead(HeadWeights.random(8, 4, seed=h), 4, lookup_bits=6, **DEFAULT_PROJECTION) for h in range(2)]
+    layer = QuantizedLayer(heads, ProjectionWeights(rng.normal(scale=0.3, size=(8, 8)), np.zeros(8)))
     layer.calibrate(inputs)
     circuit = LayerCircuit(layer, inputs, max_tokens=3, config=configuration(fhe_execution=False, fhe_simulation=True))
     assert not circuit.is_exact
     pbs = circuit.pbs_per_step()
     assert all(sum(circuit.pbs_per_tag(T).values()) == pbs[T] for T in circuit.steps)
-    compiled = {(T, 4, 4): pbs[T] for T in circuit.steps if T >= 2}
+    compiled = {(T, 2, 4): pbs[T] for T in circuit.steps if T >= 2}
     assert all(solution_step_pbs(*case) == count for case, count in compiled.items())
     assert feedback_step_pbs(solution_step_pbs, compiled).correct
     with pytest.raises(ValueError, match="steps 1 to 3, got 4"):

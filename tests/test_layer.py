@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import TINY_HEAD_DIM, TINY_N_EMBD
 
 from course_lib.attention import HeadWeights
 from course_lib.fast_attention import FastHead
@@ -37,7 +38,7 @@ def float_layer(layer: QuantizedLayer, x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def exact_layer(tiny_swap):
-    """(layer, inputs): layer 0 of conftest's tiny GPT-2 (width 16, 4 heads of 4, 3 bits, every accumulator
+    """(layer, inputs): layer 0 of conftest's tiny GPT-2 (width 8, 2 heads of 4, 3 bits, every accumulator
     rounded exactly) and its calibration inputs."""
     return tiny_swap.quantized, tiny_swap.calibration_inputs
 
@@ -66,13 +67,13 @@ def test_the_cache_keeps_one_entry_per_token(exact_layer):
         _, cache = layer.step(xq[t : t + 1], cache)
     assert len(cache) == 3
     keys, values = cache.head(0)
-    assert keys.shape == values.shape == (3, HEAD_DIM)
+    assert keys.shape == values.shape == (3, TINY_HEAD_DIM)
     assert keys.squares is not None and values.squares is not None
 
 
 def test_step_refuses_bad_shapes(exact_layer):
     layer, inputs = exact_layer
-    with pytest.raises(ValueError, match=r"one token's x of shape \(1, 16\)"):
+    with pytest.raises(ValueError, match=rf"one token's x of shape \(1, {TINY_N_EMBD}\)"):
         layer.step(layer.quantize_input(inputs[0][:2]))
 
 

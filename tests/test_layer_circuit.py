@@ -8,7 +8,8 @@ import dataclasses
 import numpy as np
 import pytest
 import requests
-from test_layer import HEAD_DIM, N_EMBD, N_HEAD, float_layer, make_layer
+from conftest import TINY_HEAD_DIM, TINY_N_EMBD, TINY_N_HEAD
+from test_layer import float_layer, make_layer
 
 from course_lib.client import RemoteLayer, ServerError, ServerProcess
 from course_lib.contract import CIRCUIT, RUN, STEP
@@ -55,7 +56,7 @@ def test_pbs_per_step_grow_linearly(exact_circuit):
     assert list(pbs) == [1, 2, 3]
     # one more cached token costs, per head, its two products per dimension (scores, mix), one step of the
     # max chain, two exp and the square of its probability: linear in T (recomputing every row is T**2)
-    assert pbs[3] - pbs[2] == N_HEAD * (2 * HEAD_DIM + 4)
+    assert pbs[3] - pbs[2] == TINY_N_HEAD * (2 * TINY_HEAD_DIM + 4)
 
 
 def test_execution_equals_simulation_and_needs_no_weight(exact_layer, keyed_circuit):
@@ -70,7 +71,7 @@ def test_execution_equals_simulation_and_needs_no_weight(exact_layer, keyed_circ
         for head in layer.heads:
             head.weights = dataclasses.replace(head.weights, w_qkv=np.full_like(head.weights.w_qkv, np.nan))
             head.w_parts = None
-        layer.c_proj = ProjectionWeights(np.full((N_EMBD, N_EMBD), np.nan), np.full(N_EMBD, np.nan))
+        layer.c_proj = ProjectionWeights(np.full((TINY_N_EMBD, TINY_N_EMBD), np.nan), np.full(TINY_N_EMBD, np.nan))
         layer.w_proj = None
         np.testing.assert_array_equal(exact_circuit.execute(exact_circuit.encode(inputs[6][:3])), expected)
         assert np.all(np.isfinite(exact_circuit.dequantize(expected)))
@@ -101,24 +102,25 @@ def test_approximate_rounding_stays_close():
 
 
 def test_circuit_checks_its_inputs(exact_circuit):
-    row = np.zeros((1, N_EMBD), dtype=np.int64)
+    row = np.zeros((1, TINY_N_EMBD), dtype=np.int64)
     with pytest.raises(ValueError, match="up to 3 tokens, got token 4"):
         exact_circuit.check_row(row, 4)
-    with pytest.raises(ValueError, match=r"shape \(1, 16\)"):
-        exact_circuit.check_row(np.zeros((2, N_EMBD), dtype=np.int64), 1)
+    with pytest.raises(ValueError, match=rf"shape \(1, {TINY_N_EMBD}\)"):
+        exact_circuit.check_row(np.zeros((2, TINY_N_EMBD), dtype=np.int64), 1)
     params = exact_circuit.layer.input_params
     with pytest.raises(ValueError, match=rf"must lie in \[{params.qmin}, {params.qmax}\]"):
         exact_circuit.check_row(row + params.qmax + 1, 1)
     with pytest.raises(ValueError, match=r"1 <= T <= 3"):
-        exact_circuit.clear(np.zeros((4, N_EMBD), dtype=np.int64))
+        exact_circuit.clear(np.zeros((4, TINY_N_EMBD), dtype=np.int64))
     assert step_name(2) == "step_2"
 
 
 def test_server_publishes_a_layer(keyed_circuit, layer_server):
     description = requests.get(layer_server.url + CIRCUIT.path(), timeout=10).json()
     assert description["scope"] == "layer" and description["inputs"] == ["x"]
-    assert description["input_shape"] == [1, N_EMBD] and description["length"] == 3 and description["queries"] == 1
-    assert description["heads"] == N_HEAD and description["input_bytes"] == keyed_circuit.x_bytes
+    assert description["input_shape"] == [1, TINY_N_EMBD] and description["length"] == 3
+    assert description["queries"] == 1 and description["heads"] == TINY_N_HEAD
+    assert description["input_bytes"] == keyed_circuit.x_bytes
 
 
 def test_remote_layer_equals_simulation_and_sends_only_x(exact_layer, keyed_circuit, layer_server):

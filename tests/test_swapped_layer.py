@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from concrete import fhe
-from conftest import TINY_MAX_TOKENS
+from conftest import TINY_MAX_TOKENS, TINY_N_EMBD
 
 from course_lib.client import RemoteLayer, ServerProcess
 from course_lib.data import load_calibration_prompts
@@ -60,7 +60,7 @@ def test_float_mode_leaves_the_model_untouched(tiny):
 def test_projection_weights_are_c_projs(tiny):
     model, _ = tiny
     c_proj = projection_weights(model, 1)
-    x = np.random.default_rng(0).normal(size=(3, 16))
+    x = np.random.default_rng(0).normal(size=(3, TINY_N_EMBD))
     with torch.no_grad():
         expected = model.transformer.h[1].attn.c_proj(torch.from_numpy(x).float()).double().numpy()
     np.testing.assert_allclose(x @ c_proj.w + c_proj.b, expected, atol=1e-5)
