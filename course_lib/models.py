@@ -121,7 +121,7 @@ def gpt2_shaped_model(seed: int = 0):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(n_layer=1), attn_implementation="eager").eval()
+    return GPT2LMHeadModel(GPT2Config(n_layer=1)).eval()
 
 
 def gpt2_shaped_inputs(length: int, count: int = 8, *, n_embd: int = 768, seed: int = 0) -> list:

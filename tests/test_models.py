@@ -5,6 +5,7 @@ import logging
 import time
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -99,3 +100,18 @@ def test_hub_path_fails_fast_when_unreachable(loader, monkeypatch, tmp_path):
     with pytest.raises(ModelUnavailableError, match=r"127\.0\.0\.1:9 is unreachable.*course-gpt2"):
         loader("gpt2")
     assert time.monotonic() - start < models.HUB_CONNECT_TIMEOUT + 5
+
+
+def test_the_gpt2_shaped_model_is_built_locally_and_seeded():
+    from course_lib.gpt2 import head_weights
+    from course_lib.models import gpt2_shaped_inputs, gpt2_shaped_model
+
+    model = gpt2_shaped_model()
+    config = model.config
+    assert (config.n_layer, config.n_head, config.n_embd) == (1, 12, 768)
+    weights = head_weights(model, 0, 0)
+    assert (weights.n_embd, weights.head_dim) == (768, 64)
+    np.testing.assert_array_equal(head_weights(gpt2_shaped_model(), 0, 0).w_qkv, weights.w_qkv)
+    inputs = gpt2_shaped_inputs(6, count=3)
+    assert [x.shape for x in inputs] == [(6, 768)] * 3
+    np.testing.assert_array_equal(gpt2_shaped_inputs(6, count=3)[2], inputs[2])
