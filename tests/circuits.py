@@ -1,4 +1,4 @@
-"""Small head circuits shared by the tests of fhe, keys and client (not a test file: helpers only).
+"""Small head circuits and helpers shared by the tests of fhe, keys, client and generation (not a test file).
 
 The circuits are small (a random head, model width 16, head dimension 4) so that compilation and key
 generation take seconds.
@@ -24,3 +24,15 @@ def narrow_circuit(length=LENGTH, seed=0):
     What they check does not depend on the head's design or width; its keys take a few seconds, not twenty.
     """
     return small_circuit(n_bits=2, lookup_bits=2, length=length, seed=seed, design=FastHead)
+
+
+def logits_in_modes(model, swap, ids, modes=("quantized", "simulate")) -> dict:
+    """The model's logits for token ids ``ids`` with ``swap`` in each of ``modes``, by mode."""
+    import torch
+
+    logits = {}
+    for mode in modes:
+        swap.mode = mode
+        with torch.no_grad():
+            logits[mode] = model(ids).logits
+    return logits

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from circuits import LENGTH, small_circuit
+from circuits import LENGTH, logits_in_modes, small_circuit
 
 from course_lib.attention import HeadWeights, QuantizedHead
 from course_lib.contract import CIRCUIT_FILE, SERVER_FILE
@@ -136,11 +136,7 @@ def test_swapped_head_simulation_equals_quantized_mode(bundled):
         circuit = swap.compile(length=6)
         ids = tokenizer("Cryptography is a", return_tensors="pt")["input_ids"]
         assert ids.shape[1] <= 6
-        logits = {}
-        for mode in ("quantized", "simulate"):
-            swap.mode = mode
-            with torch.no_grad():
-                logits[mode] = model(ids).logits
+        logits = logits_in_modes(model, swap, ids)
         torch.testing.assert_close(logits["simulate"], logits["quantized"], rtol=0, atol=0)
         x = swap.attention_inputs(tokenizer, ["A compiler is a program"])[0][:6]
         ids_with_eot = tokenizer("<|endoftext|>A compiler is a program", return_tensors="pt")["input_ids"]

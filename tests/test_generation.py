@@ -3,6 +3,7 @@ circuits run only the new token's row (a KV cache kept by the client)."""
 
 import pytest
 import torch
+from circuits import logits_in_modes
 
 from course_lib.data import load_calibration_prompts
 from course_lib.generation import generate
@@ -42,11 +43,7 @@ def test_swapped_attention_modes_and_generation(tiny_gpt2):
         with pytest.raises(ValueError, match="positive integer"):
             generate(model, tokenizer, prompt, 0, swap)
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-        logits = {}
-        for mode in ("quantized", "simulate"):
-            swap.mode = mode
-            with torch.no_grad():
-                logits[mode] = model(ids).logits
+        logits = logits_in_modes(model, swap, ids)
         torch.testing.assert_close(logits["simulate"], logits["quantized"], rtol=0, atol=0)
     assert len(float_run.tokens) == 3
 
