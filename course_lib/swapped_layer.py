@@ -105,8 +105,8 @@ class SwappedLayer(LayerHooks):
         self._mode = "float"
         self._session: LayerSession | None = None
         self._previous: tuple[np.ndarray, np.ndarray] | None = None  # (x integers, output reals) already run
-        heads = range(model.config.n_head)
-        self._hook(model, layer, heads, lambda c_proj: c_proj.register_forward_hook(self._replace_output))
+        every_head = range(model.config.n_head)
+        self._hook(model, layer, every_head, lambda c_proj: c_proj.register_forward_hook(self._replace_output))
 
     # -- calibration and compilation ---------------------------------------------------------------
     @property
