@@ -193,12 +193,6 @@ class QuantizedHead:
             projection_bits=projection_bits,
             exact_projection_rounding=exact_projection_rounding,
         )
-        self.n_bits = self.config.n_bits
-        self.n_bits_weights = self.config.weight_bits
-        self.lookup_bits = self.config.lookup_bits
-        self.projection_bits = self.config.projection_bits
-        self.exact_projection_rounding = self.config.exact_projection_rounding
-        self.weight_scales = self.config.weight_scales
         d = weights.head_dim
         if weight_scales == "tensor":
             self.w_qkv = QuantizedWeights.from_float(weights.w_qkv, self.n_bits_weights)
@@ -235,6 +229,32 @@ class QuantizedHead:
     def _design_name(self) -> str:
         """This head's name among :data:`~course_lib.config.DESIGNS`."""
         return self.design
+
+    # -- the settings, read from :attr:`config` ----------------------------------------------------
+    @property
+    def n_bits(self) -> int:
+        return self.config.n_bits
+
+    @property
+    def n_bits_weights(self) -> int:
+        """The clear weights' bits, the default applied (:attr:`HeadConfig.weight_bits`)."""
+        return self.config.weight_bits
+
+    @property
+    def lookup_bits(self) -> int | None:
+        return self.config.lookup_bits
+
+    @property
+    def projection_bits(self) -> int | None:
+        return self.config.projection_bits
+
+    @property
+    def exact_projection_rounding(self) -> bool:
+        return self.config.exact_projection_rounding
+
+    @property
+    def weight_scales(self) -> str:
+        return self.config.weight_scales
 
     # -- phases ----------------------------------------------------------------------------------
     @property

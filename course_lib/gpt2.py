@@ -327,7 +327,6 @@ class SwappedHead(LayerHooks):
         self.head_indices = [int(h) for h in heads]
         #: The heads' settings (:class:`~course_lib.config.HeadConfig`).
         self.config = config
-        self.n_bits = config.n_bits
         #: The quantized heads, in the order of :attr:`head_indices`.
         self.heads: list[QuantizedHead] = [build_head(head_weights(model, layer, h), config) for h in self.head_indices]
         self._mode = "float"
@@ -344,6 +343,11 @@ class SwappedHead(LayerHooks):
         self._hook(
             model, layer, self.head_indices, lambda c_proj: c_proj.register_forward_pre_hook(self._replace_slice)
         )
+
+    @property
+    def n_bits(self) -> int:
+        """The heads' activation bits (:attr:`config`)."""
+        return self.config.n_bits
 
     @property
     def head(self) -> QuantizedHead:
