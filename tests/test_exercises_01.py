@@ -166,3 +166,19 @@ def test_none_is_not_attempted_never_wrong(feedback_fn):
     assert isinstance(feedback, Feedback)
     assert feedback.status == "not attempted" and not feedback.correct
     assert str(feedback).startswith("Not attempted yet: ")
+
+
+# ---------------------------------------------------------------------- the worked solutions, on request
+@pytest.mark.parametrize("number", [1, 2, 3])
+def test_each_worked_solution_shows_its_reasoning_code_and_passing_check(number, capsys):
+    ex.solution(number)
+    shown = capsys.readouterr().out
+    assert f"**Exercise {number}.**" in shown  # the explanation (printed outside a notebook)
+    assert f"def {ex.SOLUTIONS[number].reference.__name__}(" in shown  # the reference code
+    assert "Correct!" in shown and "Not quite" not in shown
+
+
+@pytest.mark.parametrize("number", [0, 4, "1", True])
+def test_an_unknown_exercise_number_says_which_exist(number):
+    with pytest.raises(ValueError, match=r"the exercises are \[1, 2, 3\]"):
+        ex.solution(number)

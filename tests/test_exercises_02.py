@@ -196,3 +196,17 @@ def test_none_is_not_attempted_never_wrong(feedback_fn, args):
     assert isinstance(feedback, Feedback)
     assert feedback.status == "not attempted" and not feedback.correct
     assert str(feedback).startswith("Not attempted yet: ")
+
+
+# ---------------------------------------------------------------------- the worked solutions, on request
+def test_each_worked_solution_shows_its_reasoning_code_and_passing_check(steps, capsys):
+    for number, data in ((1, (5, 8, ex.solution_lookup_count(5, 8))), (2, (RESULTS,)), (3, (steps,))):
+        ex.solution(number, *data)
+        shown = capsys.readouterr().out
+        assert f"**Exercise {number}.**" in shown
+        assert f"def {ex.SOLUTIONS[number].reference.__name__}(" in shown
+        assert "Correct!" in shown and "Not quite" not in shown
+    ex.solution(1)  # the comparison with the prompt's count is optional
+    assert "Correct!" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"the exercises are \[1, 2, 3\]"):
+        ex.solution(4)

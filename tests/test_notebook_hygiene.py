@@ -63,3 +63,47 @@ def test_notebooks_display_widgets_through_show_widget_only():
         for cell in nbformat.read(path, as_version=4).cells:
             if cell.cell_type == "code" and "widgets.interactive(" in cell.source:
                 assert "show_widget(" in cell.source, path.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_first_cell_links_the_glossary(path):
+    first = nbformat.read(path, as_version=4).cells[0]
+    assert first.cell_type == "markdown" and "](../docs/glossary.md)" in first.source
+    assert (ROOT / "docs" / "glossary.md").is_file()
+
+
+def test_the_images_the_notebooks_show_exist():
+    for path in NOTEBOOKS:
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "markdown":
+                for target in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", cell.source):
+                    if not target.startswith(("http://", "https://", "attachment:")):
+                        assert (path.parent / target).resolve().is_file(), (path.name, target)
+
+
+#: Notebooks whose solutions still sit under their exercises (issue 23: re-told after the layer-accuracy work).
+SOLUTIONS_SHOWN = {"03_compile_fhe.ipynb", "04_full_mha.ipynb"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="issue 23: re-told after issue 22"))
+        if p.name in SOLUTIONS_SHOWN
+        else p
+        for p in NOTEBOOKS
+    ],
+    ids=lambda p: p.name,
+)
+def test_worked_solutions_are_hidden_until_asked_for(path):
+    """No solution is written under its exercise: each exercise has a cell that shows the worked solution only
+    once the learner sets its ``show_solution_N`` to True, and it is committed without output."""
+    cells = nbformat.read(path, as_version=4).cells
+    assert not [c for c in cells if c.cell_type == "markdown" and c.source.lstrip().startswith("#### Solution")]
+    numbers = sorted(
+        {int(n) for c in cells if c.cell_type == "markdown" for n in re.findall(r"### Exercise (\d+)", c.source)}
+    )
+    assert numbers, "no exercise found"
+    for number in numbers:
+        (cell,) = [c for c in cells if c.cell_type == "code" and f"show_solution_{number} = False" in c.source]
+        assert f"if show_solution_{number}:" in cell.source and not cell.outputs

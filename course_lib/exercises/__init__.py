@@ -4,10 +4,15 @@ Every exercise has a *feedback* function, which judges an answer and returns a
 :class:`Feedback` (easy to test), and a *check* function, which prints that
 feedback in the notebook. An answer left at ``None`` is "not attempted yet",
 never wrong.
+
+The worked solutions are not in the notebooks: each notebook's module has a ``solution(number, ...)``
+function that shows one (its reasoning, the reference code, and the check passing on it) only when
+the learner runs it (:class:`Solution`, :func:`show_solution`).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -100,3 +105,42 @@ def judge_formula(
             return wrong(slip)
         return wrong(f"{name}{case} = {int(got):,}, {counted_by} {expected:,}." + (f" {hint}" if hint else ""))
     return correct(praise)
+
+
+@dataclass(frozen=True)
+class Solution:
+    """The worked solution of one exercise, shown on request by :func:`show_solution`.
+
+    Attributes:
+        explanation: the reasoning, in Markdown.
+        reference: the reference solution (a function); its source code is shown.
+        check: runs the exercise's check on the reference solution, with the arguments the notebook passes
+            to ``solution(number, ...)`` (the data the exercise is about), and prints its feedback.
+    """
+
+    explanation: str
+    reference: Callable[..., object]
+    check: Callable[..., None]
+
+
+def show_solution(solutions: Mapping[int, Solution], number: object, *data: object) -> None:
+    """Show exercise ``number``'s solution among ``solutions``: its explanation (rendered as Markdown in a
+    notebook, printed elsewhere), the reference code, and its check's feedback on ``data``.
+
+    Raises:
+        ValueError: ``number`` is not one of the exercises.
+    """
+    if isinstance(number, bool) or number not in solutions:
+        raise ValueError(f"there is no exercise {number!r} here: the exercises are {sorted(solutions)}")
+    solution = solutions[number]
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+    except ImportError:  # pragma: no cover - IPython is a dependency of the course
+        get_ipython = None
+    if get_ipython is not None and get_ipython() is not None:
+        display(Markdown(solution.explanation))
+    else:
+        print(solution.explanation)
+    print(inspect.getsource(solution.reference))
+    solution.check(*data)

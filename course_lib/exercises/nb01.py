@@ -14,7 +14,7 @@ import numpy as np
 
 from ..error_analysis import round_trip_errors, smallest_n_bits
 from ..quantization import Quantizer, QuantParams, compute_params
-from . import Feedback, correct, not_attempted, wrong
+from . import Feedback, Solution, correct, not_attempted, show_solution, wrong
 
 # ---------------------------------------------------------------------- exercise 1
 #: The range and bits of exercise 1 (affine, unsigned).
@@ -212,3 +212,32 @@ def _is_real(value: object) -> bool:
 
 def _fmt(values: np.ndarray) -> str:
     return "[" + ", ".join(f"{v:.4g}" for v in np.asarray(values, dtype=np.float64).ravel()) + "]"
+
+
+# ---------------------------------------------------------------------- the worked solutions
+SOLUTIONS: dict[int, Solution] = {
+    1: Solution(
+        r"""**Exercise 1.** 3 bits give the 8 integers $0 \dots 7$, hence **7 steps**: $s = (1.5 - (-0.5)) / 7 = 2/7$
+(dividing by 8 is the classic mistake). The integer $0$ stands for $r_{min} = -0.5$, so the real $0$ lies
+$0.5 / s = 1.75$ steps higher, rounded: $z = 2$.""",
+        solution_scale_zero_point,
+        lambda: check_scale_zero_point(solution_scale_zero_point()),
+    ),
+    2: Solution(
+        r"""**Exercise 2.** Try 2, 3, ... bits until the largest error is small enough. Estimate first: the largest
+error is half a step, $(r_{max} - r_{min}) / (2 (2^n - 1))$, so the data's span tells you roughly where to start.""",
+        solution_smallest_n_bits,
+        lambda: check_smallest_n_bits(solution_smallest_n_bits()),
+    ),
+    3: Solution(
+        r"""**Exercise 3.** Dequantize the input, apply the function, quantize the output: **round, then clip** to
+the output's integers. Without the clip, the largest input would map one past the last integer that 3 bits hold.""",
+        solution_sigmoid_table,
+        lambda: check_sigmoid_table(solution_sigmoid_table),
+    ),
+}
+
+
+def solution(number: int) -> None:
+    """Show the worked solution of exercise ``number`` (1 to 3) of notebook 01, and its check passing."""
+    show_solution(SOLUTIONS, number)

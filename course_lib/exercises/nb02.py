@@ -15,7 +15,7 @@ from ..attention import HeadWeights, QuantizedHead
 from ..dual_array import DualArray
 from ..evaluation import Agreement
 from ..reporting import recording_lookups, step_rows
-from . import Feedback, correct, judge_formula, not_attempted, wrong
+from . import Feedback, Solution, correct, judge_formula, not_attempted, show_solution, wrong
 
 # ---------------------------------------------------------------------- exercise 1
 #: The (tokens T, head dimension d) pairs on which an answer to exercise 1 is checked.
@@ -189,3 +189,57 @@ def solution_largest_error_step(steps: Sequence[tuple[str, DualArray]]) -> str:
     """Reference solution of exercise 3: the step whose largest error is the largest share of its values."""
     rows = step_rows(steps)
     return max(rows, key=lambda row: row.relative_error).name
+
+
+# ---------------------------------------------------------------------- the worked solutions
+def _check_lookup_count_and_compare(tokens: int | None = None, head_dim: int | None = None, measured=None) -> None:
+    check_lookup_count(solution_lookup_count)
+    if tokens is not None and head_dim is not None:
+        counted = solution_lookup_count(tokens, head_dim)
+        print(
+            f"for the prompt of section 3 ({tokens} tokens, head dimension {head_dim}): {counted:,} lookups"
+            + (f" (measured: {measured:,})" if measured is not None else "")
+        )
+
+
+def _check_largest_error_step_and_show(steps: Sequence[tuple[str, DualArray]]) -> None:
+    from ..reporting import steps_dataframe
+
+    check_largest_error_step(solution_largest_error_step(steps), steps)
+    print(steps_dataframe(steps).sort_values("relative error", ascending=False, kind="stable").head(4).to_string())
+
+
+SOLUTIONS: dict[int, Solution] = {
+    1: Solution(
+        r"""**Exercise 1.** Go through the arrows: q, k and v are three $(T, d)$ arrays; the scores, the exponentials
+and the probabilities are $(T, T)$ each (the masked entries too: the mask is applied by multiplication, for free, but
+the lookup runs on the whole array); the inverse of the row sums is $(T, 1)$; the output is $(T, d)$. In total
+$4Td + 3T^2 + T$.""",
+        solution_lookup_count,
+        _check_lookup_count_and_compare,
+    ),
+    2: Solution(
+        r"""**Exercise 2.** Go through the results by increasing `n_bits` and stop at the first that reaches the
+target. The curve is measured on a finite sample and need not be perfectly monotonic: "the smallest that reaches it"
+is the question here; a deployment would also check that the bits above it stay above the target.""",
+        solution_smallest_n_bits_for_agreement,
+        lambda results: check_smallest_n_bits_for_agreement(solution_smallest_n_bits_for_agreement(results), results),
+    ),
+    3: Solution(
+        r"""**Exercise 3.** An absolute error means little on its own: the row sums reach several units, the
+probabilities stay below 1. The fair comparison is the error relative to the size of the step's values, the table's
+last column. On the bundled model the worst step is the exponential: its input, the shifted scores, is quantized in
+coarse steps, so two scores less than a step apart can become equal, and $e^{0} = 1$ stands where the float head had
+a clearly smaller value. The exponential turns a small absolute error on its input into a large relative error on
+its output; the remedy is more bits for its input, the scores, not for its output.""",
+        solution_largest_error_step,
+        _check_largest_error_step_and_show,
+    ),
+}
+
+
+def solution(number: int, *data: object) -> None:
+    """Show the worked solution of exercise ``number`` of notebook 02, and its check passing: exercise 1 takes
+    optionally ``(T, head_dim, measured)`` to compare with the prompt's count, exercise 2 the sweep's
+    ``results``, exercise 3 the head's ``steps``."""
+    show_solution(SOLUTIONS, number, *data)
