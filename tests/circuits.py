@@ -4,9 +4,11 @@ The circuits are small (a random head, model width 16, head dimension 4) so that
 generation take seconds.
 """
 
+from concrete import fhe
+
 from course_lib.attention import HeadWeights, QuantizedHead
 from course_lib.fast_attention import FastHead
-from course_lib.fhe import HeadCircuit
+from course_lib.fhe import HeadCircuit, configuration
 
 LENGTH = 4
 
@@ -16,6 +18,19 @@ def small_circuit(n_bits=4, lookup_bits=5, length=LENGTH, seed=0, design=Quantiz
     inputs = HeadWeights.random_inputs(12, 16)
     head.calibrate(inputs)
     return HeadCircuit(head, inputs, length=length)
+
+
+def never_run() -> fhe.Configuration:
+    """The compiler configuration of a test circuit that is simulated, counted or refused, never run on ciphertexts.
+
+    One set of cryptographic parameters for the whole circuit (``mono``) instead of one per precision: concrete's
+    optimizer finds it in a fraction of the time, and the graph, so the simulated integers and the PBS count, is
+    the same. Only what depends on the parameters (complexity, key sizes, speed) differs, and no test that uses
+    this reads them. Circuits as wide as a whole layer can have no single parameter set: they keep the default.
+    """
+    return configuration(
+        fhe_execution=False, fhe_simulation=True, parameter_selection_strategy=fhe.ParameterSelectionStrategy.MONO
+    )
 
 
 def narrow_circuit(length=LENGTH, seed=0):

@@ -126,7 +126,9 @@ def test_approximate_rounding_keeps_q_k_v_within_one():
         return np.concatenate((q.int, k.int, v.int), axis=1)
 
     samples = [head.quantize_input(x[:LENGTH]).int for x in inputs if len(x) >= LENGTH]
-    circuit = fhe.Compiler(projection, {"x": "encrypted"}).compile(samples, configuration())
+    circuit = fhe.Compiler(projection, {"x": "encrypted"}).compile(
+        samples, configuration(fhe_execution=False, fhe_simulation=True)
+    )
     differences = []
     for x in HeadWeights.random_inputs(40, 16, seed=5):
         if len(x) >= LENGTH:

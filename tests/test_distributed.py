@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from circuits import never_run
 
 from course_lib.attention import HeadWeights
 from course_lib.distributed import (
@@ -220,9 +221,9 @@ def test_bad_arguments_say_what_is_allowed(heads, keyed_circuits, distributed):
     with pytest.raises(ValueError, match="brings its own workers"):
         connect(workers=2, scheduler="tcp://127.0.0.1:9")
     with pytest.raises(ValueError, match="one head"):
-        DistributedHeads([HeadCircuit(heads, inputs, length=LENGTH)])
+        DistributedHeads([HeadCircuit(heads, inputs, LENGTH, never_run())])
     with pytest.raises(ValueError, match="share their length"):
-        DistributedHeads([circuits[0], HeadCircuit(heads[1], inputs, length=LENGTH + 1)])
+        DistributedHeads([circuits[0], HeadCircuit(heads[1], inputs, LENGTH + 1, never_run())])
     with pytest.raises(ValueError, match="non-empty list"):
         DistributedHeads([])
     q, k, v = distributed.encode(HeadWeights.random_inputs(1, 16, seed=12)[0][:LENGTH])

@@ -3,6 +3,7 @@ wrong answers get hints."""
 
 import numpy as np
 import pytest
+from circuits import never_run
 
 from course_lib.attention import HeadWeights, QuantizedHead
 from course_lib.exercises.nb03 import (
@@ -21,7 +22,7 @@ def compiled(tokens, head_dim, seed=0):
     head = QuantizedHead(HeadWeights.random(8, head_dim, seed=seed), 4, lookup_bits=5)
     inputs = [rng.normal(size=(int(rng.integers(1, 7)), 8)) for _ in range(8)]
     head.calibrate(inputs)
-    return HeadCircuit(head, inputs, length=tokens)
+    return HeadCircuit(head, inputs, tokens, never_run())
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_fast_pbs_formula_is_the_compilers_count():
     for tokens, head_dim in ((2, 4), (3, 4), (4, 8)):
         head = FastHead(HeadWeights.random(8, head_dim, seed=1), 4, lookup_bits=6)
         head.calibrate(inputs)
-        counts[tokens, head_dim] = HeadCircuit(head, inputs, length=tokens).summary().pbs_count
+        counts[tokens, head_dim] = HeadCircuit(head, inputs, tokens, never_run()).summary().pbs_count
         assert solution_fast_pbs_count(tokens, head_dim) == counts[tokens, head_dim]
     assert feedback_fast_pbs_count(solution_fast_pbs_count, counts).correct
     assert feedback_fast_pbs_count(None).status == "not attempted"

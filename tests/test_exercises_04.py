@@ -3,6 +3,7 @@ generate), slips get hints."""
 
 import numpy as np
 import pytest
+from circuits import never_run
 
 from course_lib.attention import HeadWeights
 from course_lib.exercises.nb03 import solution_fast_pbs_count
@@ -17,7 +18,7 @@ from course_lib.exercises.nb04 import (
 from course_lib.fast_attention import FastHead
 from course_lib.fhe import DEFAULT_PROJECTION, HeadCircuit
 from course_lib.layer import ProjectionWeights, QuantizedLayer
-from course_lib.layer_circuit import LayerCircuit, configuration
+from course_lib.layer_circuit import LayerCircuit
 
 
 def calibrated_heads(n_heads: int, n_inputs: int, tokens: tuple[int, int]):
@@ -33,7 +34,7 @@ def calibrated_heads(n_heads: int, n_inputs: int, tokens: tuple[int, int]):
 @pytest.mark.fhe
 def test_full_attention_formula_is_the_compilers_count():
     heads, inputs = calibrated_heads(3, 8, (1, 7))
-    count = HeadCircuit(heads, inputs, length=3).summary().pbs_count
+    count = HeadCircuit(heads, inputs, 3, never_run()).summary().pbs_count
     assert solution_full_attention_pbs(3, 3, 4) == count
     assert feedback_full_attention_pbs(solution_full_attention_pbs, {(3, 3, 4): count}).correct
 
@@ -50,13 +51,14 @@ def test_full_attention_feedback_for_usual_slips():
 @pytest.mark.fhe
 def test_step_formula_is_the_compilers_count():
     """Against the steps of a small layer's module (2 heads of dimension 4, 4 bits, the notebook's approximate
-    rounding), compiled for simulation only, from 2 tokens on; its PBS by tag add up to each step's."""
+    rounding), from 2 tokens on; its PBS by tag add up to each step's. The counts come from the compiled program
+    (concrete's execution server), so the module is compiled for that only, not for simulation too."""
     rng = np.random.default_rng(0)
     inputs = [rng.normal(size=(int(rng.integers(2, 6)), 8)) for _ in range(16)]
     heads = [FastHead(HeadWeights.random(8, 4, seed=h), 4, lookup_bits=6, **DEFAULT_PROJECTION) for h in range(2)]
     layer = QuantizedLayer(heads, ProjectionWeights(rng.normal(scale=0.3, size=(8, 8)), np.zeros(8)))
     layer.calibrate(inputs)
-    circuit = LayerCircuit(layer, inputs, max_tokens=3, config=configuration(fhe_execution=False, fhe_simulation=True))
+    circuit = LayerCircuit(layer, inputs, max_tokens=3)
     assert not circuit.is_exact
     pbs = circuit.pbs_per_step()
     assert all(sum(circuit.pbs_per_tag(T).values()) == pbs[T] for T in circuit.steps)

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from circuits import LENGTH, logits_in_modes, small_circuit
+from circuits import LENGTH, logits_in_modes, never_run, small_circuit
 
 from course_lib.attention import HeadWeights, QuantizedHead
 from course_lib.contract import CIRCUIT_FILE, SERVER_FILE
@@ -200,7 +200,7 @@ def small_heads(n_heads=2, design=FastHead):
 @pytest.fixture(scope="module")
 def two_heads():
     heads = small_heads()
-    return heads, HeadCircuit(heads, CALIBRATION, length=LENGTH)
+    return heads, HeadCircuit(heads, CALIBRATION, LENGTH, never_run())
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +214,7 @@ def two_narrow_heads():
 
 def test_heads_side_by_side_equal_each_head_alone(two_heads):
     heads, circuit = two_heads
-    alone = [HeadCircuit(head, CALIBRATION, length=LENGTH) for head in heads]
+    alone = [HeadCircuit(head, CALIBRATION, LENGTH, never_run()) for head in heads]
     for x in HeadWeights.random_inputs(5, 16, seed=7):
         x = x[:LENGTH]
         q, k, v = circuit.encode(x)
@@ -263,7 +263,7 @@ def test_two_heads_execute_as_simulated(two_narrow_heads, tmp_path):
 @pytest.mark.fhe
 def test_published_heads_side_by_side_too():
     heads = small_heads(design=QuantizedHead)
-    circuit = HeadCircuit(heads, CALIBRATION, length=3)
+    circuit = HeadCircuit(heads, CALIBRATION, 3, never_run())
     qkv = circuit.encode(HeadWeights.random_inputs(1, 16, seed=2)[0][:3])
     np.testing.assert_array_equal(circuit.simulate(*qkv), circuit.clear(*qkv))
 
@@ -271,7 +271,7 @@ def test_published_heads_side_by_side_too():
 @pytest.mark.parametrize("queries", [1, 2])
 def test_step_circuit_equals_the_last_rows_of_the_full_circuit(two_heads, queries):
     heads, full = two_heads
-    step = HeadCircuit(heads, CALIBRATION, length=LENGTH, queries=queries)
+    step = HeadCircuit(heads, CALIBRATION, LENGTH, never_run(), queries=queries)
     assert step.is_step and "queries=" in repr(step) and "KV cache" in str(step.summary())
     assert step.summary().pbs_count < full.summary().pbs_count
     checked = 0
@@ -290,7 +290,7 @@ def test_step_circuit_equals_the_last_rows_of_the_full_circuit(two_heads, querie
 
 def test_step_circuit_checks(two_heads):
     heads, full = two_heads
-    step = HeadCircuit(heads, CALIBRATION, length=LENGTH, queries=1)
+    step = HeadCircuit(heads, CALIBRATION, LENGTH, never_run(), queries=1)
     q, k, v = full.encode(HeadWeights.random_inputs(1, 16, seed=4)[0][:3], pad=False)
     with pytest.raises(SequenceLengthError, match=r"exactly 4 tokens, no padding\); k has shape \(3, 8\)"):
         step.prepare(q[-1:], k, v)
