@@ -33,6 +33,8 @@ CITED: dict[str, dict[str, str]] = {
         "124M": "GPT-2 small's size (Radford et al., 2019; the model card of Hugging Face's gpt2)",
         "768": "GPT-2 small's width, transformers.GPT2Config().n_embd",
         "1,024": "GPT-2 small's context, transformers.GPT2Config().n_positions",
+        "0.9586": "concrete-ml use_case_examples/llm/QGPT2Evaluate.ipynb: SingleHeadQGPT2Model, n_bits 4, "
+        "average top-1 accuracy",
         "94.3%": "benchmarks/results/single_head_topk.json (all 571 held-out passages, 4 bits)",
         "88.0%": "benchmarks/results/single_head_topk.json (all 571 held-out passages, 2 bits)",
     },
