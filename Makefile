@@ -92,8 +92,8 @@ unit: setup
 	$(VENV)/bin/pytest -q --durations=10 $(UNIT_TESTS)
 
 # The loop to run while changing code: every test that compiles no circuit, makes no key, starts no cluster and no
-# browser and is not otherwise slow (the markers in pyproject.toml and tests/conftest.py), and no notebook. `make test` still runs everything.
-QUICK := not (fhe or keys or dask or browser or slow)
+# browser, asks no registry and is not otherwise slow (the markers in pyproject.toml and tests/conftest.py), and no notebook. `make test` still runs everything.
+QUICK := not (fhe or keys or dask or browser or slow or registry)
 test-quick: setup
 	$(VENV)/bin/pytest -q --durations=5 -m "$(QUICK)" tests
 

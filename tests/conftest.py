@@ -6,7 +6,8 @@ Markers (registered in ``pyproject.toml``; ``make test-quick`` runs the tests th
 - ``fhe``: compiles an FHE circuit;
 - ``keys``: generates evaluation keys or runs on ciphertexts (every ``keys`` test is an ``fhe`` test too);
 - ``dask``: starts a Dask cluster; ``browser``: drives JupyterLab in Chromium;
-- ``slow``: a long computation of another kind (the bundled model over every held-out passage).
+- ``slow``: a long computation of another kind (the bundled model over every held-out passage);
+- ``registry``: asks the package registry (PyPI) over the network; skipped when it cannot be reached.
 
 A test carries ``fhe`` or ``keys`` through a decorator when its own body compiles or generates keys, and through
 :func:`pytest_collection_modifyitems` when one of its fixtures does (pytest cannot mark a fixture).
