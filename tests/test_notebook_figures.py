@@ -149,3 +149,15 @@ def test_the_checker_finds_what_it_should():
     shown = numbers_in("top-1 0.9488, 5.25 and <td>1,064</td>")
     assert is_backed("94.9", "%", shown) and is_backed("5.3", "", shown) and is_backed("1,064", "", shown)
     assert not is_backed("5.2", "", {5.26}) and not is_backed("96", "%", shown)
+
+
+def test_a_planted_wrong_figure_is_caught(tmp_path):
+    """Notebook 01 with one figure of its prose changed: 5.25, printed by its matrix-product table, becomes 5.75."""
+    source = NOTEBOOKS[0]
+    notebook = nbformat.read(source, as_version=4)
+    (cell,) = [c for c in notebook.cells if c.cell_type == "markdown" and "5.25 at" in c.source]
+    cell.source = cell.source.replace("5.25 at", "5.75 at")
+    planted = tmp_path / source.name
+    nbformat.write(notebook, planted)
+    assert unbacked_figures(source) == []
+    assert [figure for _, figure in unbacked_figures(planted)] == ["5.75"]
