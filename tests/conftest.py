@@ -136,3 +136,12 @@ def pytest_sessionfinish(session, exitstatus):
         from course_lib.fhe import keep_exit_status
 
         keep_exit_status(int(exitstatus))
+
+
+def notebook_params(notebooks, pending: set[str], reason: str = "issue 23: re-told after issue 22") -> list:
+    """``notebooks`` as pytest parameters, those named in ``pending`` expected to fail (strictly: the test says so
+    as soon as one of them passes, so that the entry is removed)."""
+    return [
+        pytest.param(path, marks=pytest.mark.xfail(strict=True, reason=reason)) if path.name in pending else path
+        for path in notebooks
+    ]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import notebook_params
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -116,12 +117,7 @@ def test_the_course_notebooks_are_found():
 
 @pytest.mark.parametrize(
     "path",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="issue 23: re-told after issue 22"))
-        if p.name in PENDING
-        else p
-        for p in NOTEBOOKS
-    ],
+    notebook_params(NOTEBOOKS, PENDING),
     ids=lambda p: p.name,
 )
 def test_every_figure_in_the_prose_is_printed_set_or_cited(path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import notebook_params
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -87,12 +88,7 @@ SOLUTIONS_SHOWN = {"03_compile_fhe.ipynb", "04_full_mha.ipynb"}
 
 @pytest.mark.parametrize(
     "path",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="issue 23: re-told after issue 22"))
-        if p.name in SOLUTIONS_SHOWN
-        else p
-        for p in NOTEBOOKS
-    ],
+    notebook_params(NOTEBOOKS, SOLUTIONS_SHOWN),
     ids=lambda p: p.name,
 )
 def test_worked_solutions_are_hidden_until_asked_for(path):
