@@ -132,13 +132,11 @@ def show_solution(solutions: Mapping[int, Solution], number: object, *data: obje
     """
     if isinstance(number, bool) or number not in solutions:
         raise ValueError(f"there is no exercise {number!r} here: the exercises are {sorted(solutions)}")
+    from IPython import get_ipython
+    from IPython.display import Markdown, display
+
     solution = solutions[number]
-    try:
-        from IPython import get_ipython
-        from IPython.display import Markdown, display
-    except ImportError:  # pragma: no cover - IPython is a dependency of the course
-        get_ipython = None
-    if get_ipython is not None and get_ipython() is not None:
+    if get_ipython() is not None:
         display(Markdown(solution.explanation))
     else:
         print(solution.explanation)

@@ -14,7 +14,7 @@ import numpy as np
 from ..attention import HeadWeights, QuantizedHead
 from ..dual_array import DualArray
 from ..evaluation import Agreement
-from ..reporting import recording_lookups, step_rows
+from ..reporting import recording_lookups, step_rows, steps_dataframe
 from . import Feedback, Solution, correct, judge_formula, not_attempted, show_solution, wrong
 
 # ---------------------------------------------------------------------- exercise 1
@@ -203,8 +203,6 @@ def _check_lookup_count_and_compare(tokens: int | None = None, head_dim: int | N
 
 
 def _check_largest_error_step_and_show(steps: Sequence[tuple[str, DualArray]]) -> None:
-    from ..reporting import steps_dataframe
-
     check_largest_error_step(solution_largest_error_step(steps), steps)
     print(steps_dataframe(steps).sort_values("relative error", ascending=False, kind="stable").head(4).to_string())
 
