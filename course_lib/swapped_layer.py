@@ -155,7 +155,7 @@ class SwappedLayer(LayerHooks):
     def output(self, x: np.ndarray) -> np.ndarray:
         """The layer's output in reals ``(T, n_embd)`` (what ``c_proj`` returns) for its input ``x`` ``(T, n_embd)``."""
         if self._mode == "quantized":
-            return self.quantized.run(x).dequantize()
+            return self.quantized.forward(x).dequantize()
         if self._mode not in ("simulate", "execute"):
             modes = "quantized, simulate and execute"
             raise RuntimeError(f"the layer's output is computed in modes {modes}, not {self._mode!r}")

@@ -1,6 +1,7 @@
 """Cross-cutting (benchmarks/, not a module): the benchmarks' scripts on small inputs: a circuit
 that does not compile is recorded as such, and keys over the memory limit are not generated."""
 
+import json
 import re
 
 import pytest
@@ -64,3 +65,19 @@ def test_the_benchmark_does_not_generate_keys_too_large_for_its_limit(bundled, l
         f"evaluation keys {gigabytes:.1f} GB before compression, above --execute-max-keys-gb 0.001"
     )
     assert "keygen_seconds" not in row and "run_seconds" not in row
+
+
+def test_the_layer_accuracy_benchmark_measures_the_notebooks_setting(load_script, tmp_path, capsys):
+    layer_accuracy = load_script("benchmarks/layer_accuracy.py")
+    out = tmp_path / "layer_accuracy.json"
+    layer_accuracy.main(["--n-bits", "4", "--passages", "3", "--out", str(out)])
+    record = json.loads(out.read_text())
+    (row,) = record["rows"]
+    assert (row["n_bits"], row["lookup_bits"], row["exact_projection_rounding"]) == (4, 6, True)
+    assert 0 < row["top1"] <= row["top5"] <= 1 and row["predictions"] > 0 and record["passages"] == 3
+    assert row["perplexity"] > 1 and record["float_perplexity"] > 1
+    assert "3 held-out passages" in capsys.readouterr().out
+    for bad, message in ((["--n-bits", "1"], "from 2 to 12"), (["--passages", "0"], "at least 1")):
+        with pytest.raises(SystemExit):
+            layer_accuracy.parse_args(bad)
+        assert message in capsys.readouterr().err

@@ -54,7 +54,8 @@ def test_steps_give_the_integers_of_the_whole_sequence(exact_layer):
     (each head's sums rounded and requantized, then c_proj)."""
     layer, inputs = exact_layer
     x = inputs[1][:5]
-    whole = layer.combine([head.run(x) for head in layer.heads])
+    whole = layer.forward(x)
+    np.testing.assert_array_equal(whole.int, layer.combine([head.run(x) for head in layer.heads]).int)
     np.testing.assert_array_equal(layer.run(x).int, whole.int)
     assert any(layer.heads_drop_bits)  # the rounding of the heads' sums is on that path
 
@@ -82,3 +83,15 @@ def test_layer_refuses_heads_that_do_not_fill_the_width():
     c_proj = ProjectionWeights(np.zeros((N_EMBD, N_EMBD)), np.zeros(N_EMBD))
     with pytest.raises(ValueError, match="3 heads of dimension 4 do not make the layer's width 16"):
         QuantizedLayer(heads, c_proj)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_the_whole_sequence_path_gives_the_integers_of_the_steps(exact):
+    """``forward`` (every head on the whole sequence, the swapped layer's quantized mode) against ``run`` (token
+    after token, as the step circuits compute), on a random layer of 4 heads, no circuit compiled."""
+    layer, inputs = make_layer(seed=5, exact=exact)
+    checked = 0
+    for x in inputs[:6]:
+        np.testing.assert_array_equal(layer.forward(x).int, layer.run(x).int)
+        checked += len(x) > 1
+    assert checked
