@@ -16,7 +16,6 @@ least 90 %, top-5 of at least 99 %, perplexity at most 10 % above the float mode
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -26,6 +25,7 @@ from course_lib.config import FROM_X
 from course_lib.data import load_calibration_prompts, load_evaluation_passages
 from course_lib.evaluation import float_top1, perplexity, topk_agreement, topk_predictions
 from course_lib.models import load_model, load_tokenizer
+from course_lib.results import write_results
 from course_lib.swapped_layer import SwappedLayer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "layer_accuracy.json"
@@ -97,9 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         "float_perplexity": float_perplexity,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"written to {args.out}")
+    write_results(record, args.out)
 
 
 if __name__ == "__main__":
