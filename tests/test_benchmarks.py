@@ -67,6 +67,7 @@ def test_the_benchmark_does_not_generate_keys_too_large_for_its_limit(bundled, l
     assert "keygen_seconds" not in row and "run_seconds" not in row
 
 
+@pytest.mark.slow
 def test_the_layer_accuracy_benchmark_measures_the_notebooks_setting(load_script, tmp_path, capsys):
     layer_accuracy = load_script("benchmarks/layer_accuracy.py")
     out = tmp_path / "layer_accuracy.json"
