@@ -37,9 +37,8 @@ lab: setup
 # share a 2-core machine. One lane runs notebook 04 (the longest notebook) and the Dask tests (LONG_LANE_TESTS: a
 # cluster of their own, about two minutes); the other runs every other unit test, then the other notebooks. The split
 # is by measured time, so that both lanes end together; the README's Development section gives the figures. A lane
-# runs all its parts even when one fails, and fails if any did. Memory:
-# notebook 04's server holds its evaluation keys (11 GB), and both lanes together stay within the 24 GB of the CI
-# machine. Each lane's output is printed when the lane ends (`--output-sync`), so the two never interleave.
+# runs all its parts even when one fails, and fails if any did. Memory: notebook 04's server holds its evaluation keys
+# (11 GB), and both lanes together stay within the 24 GB of the CI machine. Each lane's output is printed when the lane ends (`--output-sync`), so the two never interleave.
 LONG_NOTEBOOKS := notebooks/04_full_mha.ipynb
 OTHER_NOTEBOOKS := $(filter-out $(LONG_NOTEBOOKS),$(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb)))
 LONG_LANE_TESTS := tests/test_distributed.py

@@ -241,7 +241,8 @@ class QuantizedLayer:
         """Run every head on the whole sequence ``x`` ``(T, n_embd)`` at once, then combine them: the
         integers of :meth:`run` (the tests check it), without its loop over the tokens, so far faster on long
         texts. The step circuits compute :meth:`run`'s way; this is the clear path for whole passages."""
-        return self.combine([head.run(x) for head in self.heads])
+        xq = self.quantize_input(x)  # one input quantizer for every head, as in run
+        return self.combine([head(xq) for head in self.heads])
 
     def run(self, x: np.ndarray) -> DualArray:
         """Quantize ``x`` ``(T, n_embd)`` and run it token after token in dual mode: the outputs ``(T, n_embd)``."""
