@@ -152,6 +152,13 @@ class QuantizedHead:
             quantizer. Rounding the accumulator to a multiple of ``2**drop`` then *is* the
             requantization; the lookup after it only adds the zero point and clips. No rounding
             twice, and the lookup reads about ``n_bits + 1`` bits. ``projection_bits`` does not apply.
+        tensor_bits: mixed precision, the bits of single quantizers by name (others: ``n_bits``).
+        input_clip_percentile: calibrate ``x``'s quantizer on this percentile range (see
+            :class:`~course_lib.quantization.Quantizer`'s ``clip_percentile``), not min to max.
+        probs_digits: the probabilities as that many digits (the fast design's, see :class:`HeadConfig
+            <course_lib.config.HeadConfig>`); 1 here.
+        sum_rounding: where the scores' sums are rounded to ``lookup_bits`` (``"products"``, in the
+            products' tables, the only choice here; ``"sum"``: see :class:`~course_lib.fast_attention.FastHead`).
 
     Attributes:
         quantizers: one :class:`Quantizer` per step, named as in :attr:`quantizer_names`.
@@ -165,6 +172,9 @@ class QuantizedHead:
     quantizer_names: tuple[str, ...] = HEAD_QUANTIZERS
     #: The product steps of the encrypted part, named by what reads their sums.
     product_steps: tuple[str, ...] = PRODUCT_STEPS
+    #: Quantizers of this head's values that a :class:`~course_lib.layer.QuantizedLayer` keeps, not the head
+    #: (their bits can still be set in ``tensor_bits``).
+    layer_quantizer_names: tuple[str, ...] = ()
     #: How :mod:`course_lib.fast_attention` and the benchmarks name this construction.
     design = "published"
     #: Whether :meth:`attend` accepts the queries of the last tokens only (a KV-cache step);
@@ -181,6 +191,10 @@ class QuantizedHead:
         projection_bits: int | None = None,
         exact_projection_rounding: bool = True,
         weight_scales: str = "tensor",
+        sum_rounding: str = "products",
+        tensor_bits: dict[str, int] | None = None,
+        input_clip_percentile: float | None = None,
+        probs_digits: int = 1,
     ) -> None:
         self.weights = weights
         #: The head's settings, checked (:class:`~course_lib.config.HeadConfig`).
@@ -192,6 +206,10 @@ class QuantizedHead:
             weight_scales=weight_scales,
             projection_bits=projection_bits,
             exact_projection_rounding=exact_projection_rounding,
+            sum_rounding=sum_rounding,
+            tensor_bits=tensor_bits or (),
+            input_clip_percentile=input_clip_percentile,
+            probs_digits=probs_digits,
         )
         d = weights.head_dim
         if weight_scales == "tensor":
@@ -217,13 +235,22 @@ class QuantizedHead:
         #: to protect it from overflowing (-25 with 5 bits removed gives -64 instead of -32, in simulation and
         #: on ciphertexts); non-negative values round right.
         self.projection_offsets: dict[str, int] = dict.fromkeys(PROJECTED, 0)
+        names = (*self.quantizer_names, *self.layer_quantizer_names)
+        unknown = sorted({name for name, _ in self.config.tensor_bits} - set(names))
+        if unknown:
+            raise ValueError(
+                f"tensor_bits names {', '.join(map(repr, unknown))}, which this head does not have: its quantizers "
+                f"are {', '.join(names)}"
+            )
+        clip = {"input": self.config.input_clip_percentile}
         self.quantizers: dict[str, Quantizer] = {
-            name: Quantizer(self.n_bits, name=name) for name in self.quantizer_names
+            name: Quantizer(self.config.bits_of(name), name=name, clip_percentile=clip.get(name))
+            for name in self.quantizer_names
         }
         self.drop_bits: dict[str, int] = dict.fromkeys(self.product_steps, 0)
         self.product_bits: dict[str, int] = {}
         self._observed: dict[str, int] | None = None  # set while fitting drop_bits
-        self._lowest: dict[str, int] | None = None  # the accumulators' smallest and largest integers, meanwhile
+        self._lowest: dict[str, int] | None = None  # the sums' smallest and largest integers, meanwhile
         self._highest: dict[str, int] | None = None
 
     def _design_name(self) -> str:
@@ -275,8 +302,9 @@ class QuantizedHead:
             quantizer.freeze()
         if self.weight_scales == "aligned":
             self._align_projection()
-        self._observed = dict.fromkeys((*self.product_steps, *PROJECTED), 1)
-        self._lowest, self._highest = dict.fromkeys(PROJECTED, 0), dict.fromkeys(PROJECTED, 0)
+        observed_names = (*self.product_steps, *PROJECTED)
+        self._observed = dict.fromkeys(observed_names, 1)
+        self._lowest, self._highest = dict.fromkeys(observed_names, 0), dict.fromkeys(observed_names, 0)
         try:
             for x in inputs:
                 self.run(x)
@@ -296,6 +324,11 @@ class QuantizedHead:
                 self.projection_offsets[name] = centering_offset(
                     lowest[name], highest[name], 2 ** self.projection_drop_bits[name]
                 )
+        self._fit_sum_rounding(lowest, highest)
+
+    def _fit_sum_rounding(self, lowest: dict[str, int], highest: dict[str, int]) -> None:
+        """After :attr:`drop_bits` are fitted: where a design rounds its sums itself, fit that rounding on the
+        sums' calibrated range (the published design rounds its products only: nothing to do)."""
 
     @property
     def rounds_projection_exactly(self) -> bool:
@@ -330,7 +363,7 @@ class QuantizedHead:
     def _observe(self, name: str, value: DualArray) -> DualArray:
         if self._observed is not None:
             self._observed[name] = max(self._observed[name], value.bit_width())
-            if name in PROJECTED:
+            if value.int is not None:
                 self._lowest[name] = min(self._lowest[name], int(np.min(value.int)))
                 self._highest[name] = max(self._highest[name], int(np.max(value.int)))
         return value

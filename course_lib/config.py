@@ -43,6 +43,30 @@ DESIGNS: tuple[str, ...] = ("published", "fast", "fast-quarter-squares")
 #: :meth:`~course_lib.attention.QuantizedHead.calibrate`).
 WEIGHT_SCALES: tuple[str, ...] = ("tensor", "qkv", "aligned")
 
+def _check_tensor_bits(value: object) -> tuple[tuple[str, int], ...]:
+    """``tensor_bits`` as sorted ``(name, bits)`` pairs, from a dict or pairs; raise if a name or bits is wrong."""
+    pairs = value.items() if isinstance(value, dict) else value
+    try:
+        pairs = [(name, bits) for name, bits in pairs]
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"tensor_bits must be a dict of quantizer names to bits, e.g. {{'input': 6}}, got {value!r}"
+        ) from None
+    checked = {}
+    for name, bits in pairs:
+        if not isinstance(name, str) or name in checked:
+            raise ValueError(f"tensor_bits: each quantizer is named once, by a string, got {name!r} in {value!r}")
+        checked[name] = _check_bits(bits, f"tensor_bits[{name!r}]")
+    return tuple(sorted(checked.items()))
+
+
+#: Where the fast design rounds its sums of products down to ``lookup_bits``: inside each product's
+#: square tables (``"products"``: no extra PBS, but the rounding errors of the terms add up in every
+#: sum), or once, on the exact sum (``"sum"``: an error of at most half a step, for one PBS per dropped
+#: bit and one lookup per score, and the head's output sums left exact for the layer to round; see
+#: :class:`~course_lib.fast_attention.FastHead`).
+SUM_ROUNDINGS: tuple[str, ...] = ("products", "sum")
+
 
 @dataclass(frozen=True)
 class HeadConfig:
@@ -70,10 +94,36 @@ class HeadConfig:
     #: How FHE rounds the projection's accumulators: exactly (one PBS per dropped bit and value) or
     #: approximately (free, but a value near halfway rounds either way). The clear integers round exactly.
     exact_projection_rounding: bool = True
+    #: Where the sums of products are rounded to ``lookup_bits``: one of :data:`SUM_ROUNDINGS`
+    #: (``"sum"`` needs a design with one-lookup products, ``"fast"``).
+    sum_rounding: str = "products"
+    #: Mixed precision: the quantizers that take other bits than ``n_bits``, by name (``{"input": 6}``: x on
+    #: 6 bits, everything else on ``n_bits``). Given as a dict, kept as sorted ``(name, bits)`` pairs. The
+    #: names are the head's quantizers (:attr:`QuantizedHead.quantizer_names
+    #: <course_lib.attention.QuantizedHead.quantizer_names>`), checked when the head is built.
+    tensor_bits: tuple[tuple[str, int], ...] = ()
+    #: The probabilities' integers as this many digits of ``bits_of("probs") / probs_digits`` bits each, most
+    #: significant first (1: one integer). Each digit is one more lookup per probability and one more product
+    #: with each value, but every lookup reads a digit's bits, not the probabilities': two 4-bit digits give
+    #: 8-bit probabilities at 4-bit widths (see :meth:`DualArray.apply_digits
+    #: <course_lib.dual_array.DualArray.apply_digits>`). Needs ``design="fast"``.
+    probs_digits: int = 1
+    #: Calibrate the input ``x``'s quantizer on a clipped range: the ``(100 - p)``-th to ``p``-th percentile
+    #: of the calibration values (e.g. ``99.9``), so that the rare extreme values saturate and every other
+    #: value gets finer steps. ``None``: the whole range, min to max.
+    input_clip_percentile: float | None = None
 
     def __post_init__(self) -> None:
         set_field = object.__setattr__  # the one place a frozen instance normalises its own fields
         set_field(self, "n_bits", _check_bits(self.n_bits, "n_bits"))
+        set_field(self, "tensor_bits", _check_tensor_bits(self.tensor_bits))
+        clip = self.input_clip_percentile
+        if clip is not None:
+            if isinstance(clip, bool) or not isinstance(clip, int | float) or not 50 < clip <= 100:
+                raise ValueError(
+                    f"input_clip_percentile must be a number above 50 and at most 100 (or None), got {clip!r}"
+                )
+            set_field(self, "input_clip_percentile", float(clip))
         if self.n_bits_weights is not None:
             set_field(self, "n_bits_weights", _check_bits(self.n_bits_weights, "n_bits_weights"))
         for name, what in (("lookup_bits", "the sums of products"), ("projection_bits", "the projection's sums")):
@@ -98,6 +148,24 @@ class HeadConfig:
                 "weight_scales='aligned' fits the projection's rounding to the q, k, v quantizers itself: "
                 "leave projection_bits unset"
             )
+        if self.sum_rounding not in SUM_ROUNDINGS:
+            raise ValueError(
+                f"sum_rounding must be one of {', '.join(map(repr, SUM_ROUNDINGS))}, got {self.sum_rounding!r}"
+            )
+        if self.sum_rounding == "sum" and self.design != "fast":
+            raise ValueError(
+                f"sum_rounding='sum' rounds the exact sums of one-lookup products: it needs design='fast', "
+                f"got design={self.design!r}"
+            )
+        set_field(self, "probs_digits", check_integer(self.probs_digits, "probs_digits", 1, 4))
+        if self.probs_digits > 1:
+            probs_bits = self.bits_of("probs")
+            if self.design != "fast" or probs_bits % self.probs_digits or probs_bits // self.probs_digits < MIN_BITS:
+                raise ValueError(
+                    f"probs_digits={self.probs_digits} splits the probabilities' {probs_bits} bits into digits of at "
+                    f"least {MIN_BITS} bits, with design='fast': give the probabilities a multiple of "
+                    f"{self.probs_digits} bits (tensor_bits={{'probs': ...}}), got design={self.design!r}"
+                )
         if self.exact_projection_rounding not in (True, False):
             raise TypeError(f"exact_projection_rounding must be True or False, got {self.exact_projection_rounding!r}")
         set_field(self, "exact_projection_rounding", bool(self.exact_projection_rounding))
@@ -106,6 +174,10 @@ class HeadConfig:
     def weight_bits(self) -> int:
         """The projection's weight bits once the default is applied: ``n_bits_weights`` or ``max(n_bits, 8)``."""
         return self.n_bits_weights if self.n_bits_weights is not None else max(self.n_bits, 8)
+
+    def bits_of(self, name: str) -> int:
+        """The bits of the quantizer ``name``: its :attr:`tensor_bits` entry, else ``n_bits``."""
+        return dict(self.tensor_bits).get(name, self.n_bits)
 
     def replace(self, **changes) -> HeadConfig:
         """A copy with ``changes`` (field names, checked like a new object's)."""
@@ -139,6 +211,17 @@ COURSE = HeadConfig()
 LIGHT = COURSE.replace(n_bits=3, lookup_bits=3)
 #: :data:`COURSE` for a circuit from ``x`` (the projection inside it): aligned 6-bit weights, approximate rounding.
 FROM_X = COURSE.replace(n_bits_weights=6, weight_scales="aligned", exact_projection_rounding=False)
+#: :data:`FROM_X` made faithful at 4-bit widths (``benchmarks/layer_accuracy.py`` measures each change):
+#: every accumulator rounded exactly; each sum of products rounded once, not each product; ``x`` calibrated on
+#: its 0.5-99.5 percentiles and carried on 5 bits; 8-bit probabilities as two 4-bit digits; the softmax's
+#: ``exp`` and the heads' shared output on 6 bits. Every lookup still reads at most ``lookup_bits``-ish bits.
+ACCURATE_LAYER = FROM_X.replace(
+    exact_projection_rounding=True,
+    sum_rounding="sum",
+    input_clip_percentile=99.5,
+    tensor_bits={"input": 5, "probs": 8, "exp": 6, "output": 6},
+    probs_digits=2,
+)
 #: The published construction with exact products, at 4 bits (notebook 02's head).
 PUBLISHED = HeadConfig(design="published", lookup_bits=None)
 

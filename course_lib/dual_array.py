@@ -739,6 +739,84 @@ class DualArray:
         int_out = fhe.univariate(_lookup_table_fn(fn, self.scale, self.zero_point, out))(q)
         return self._new(float_out, int_out, scale=out.scale, zero_point=out.zero_point, params=out)
 
+    def rounded(self, lsbs: int, *, exact: bool = True) -> DualArray:
+        """The same reals on a scale ``2**lsbs`` times coarser: the integers rounded to the nearest multiple of
+        ``2**lsbs`` (``fhe.round_bit_pattern``), then divided by it, the zero point removed (one lookup).
+
+        Rounding a sum once, rather than each of its terms, keeps its error within half a step. In FHE:
+        ``lsbs`` PBS per element for the exact rounding (none with ``exact=False``, which may round a
+        value near halfway either way), then the lookup, which reads ``lsbs`` bits fewer than the input.
+        The zero point must be a multiple of ``2**lsbs``. Concrete-python 2.10 rounds signed integers
+        wrongly when it widens them: shift them to non-negative first (:meth:`shifted`).
+        """
+        lsbs = check_integer(lsbs, "lsbs", 0, 62)
+        if not lsbs:
+            return self
+        unit = 2**lsbs
+        if self.zero_point % unit:
+            raise ValueError(f"rounded: the zero point ({self.zero_point}) must be a multiple of 2**lsbs = {unit}")
+        int_out = None
+        if self.int is not None:
+            exactness = fhe.Exactness.EXACT if exact else fhe.Exactness.APPROXIMATE
+            q = fhe.round_bit_pattern(self.int, lsbs_to_remove=lsbs, exactness=exactness)
+            zero_point = self.zero_point
+
+            def table(v: np.ndarray) -> np.ndarray:
+                return np.floor_divide(np.asarray(v, dtype=np.int64) - zero_point, unit)
+
+            int_out = fhe.univariate(table)(q)
+        return self._new(self.float, int_out, scale=None if self.int is None else self.scale * unit, zero_point=0)
+
+    def apply_digits(self, fn: FloatFn, quantizer: Quantizer, digits: int) -> list[DualArray]:
+        """``fn`` quantized by ``quantizer`` as :meth:`apply` does, its integers delivered as ``digits`` digits of
+        ``n_bits / digits`` bits each, most significant first: one lookup per digit, each reading this array.
+
+        With ``b`` bits a digit, the integer ``q = sum_i digit_i 2**(b (digits - 1 - i))``: digit ``i`` is a
+        DualArray of scale ``quantizer scale * 2**(b (digits - 1 - i))``, the last one carrying the quantizer's
+        zero point (the others 0), so the sum of the digits' reals is ``fn`` at the whole quantizer's precision.
+        Every later step pays for ``b``-bit integers, not for ``n_bits`` (a product with a digit reads ``b + 1``
+        bits or so), and there are ``digits`` of them. The float side rides on the first digit (``fn``'s
+        values); the others carry 0, so sums of the digits' floats are the float computation. The quantizer's
+        bits must be a multiple of ``digits``.
+        """
+        digits = check_integer(digits, "digits", 1, 8)
+        float_out = None if self.float is None else fn(self.float)
+        if self.calibrating:
+            quantizer.observe(float_out)
+            return [self._new(float_out, None)] + [self._new(np.zeros_like(float_out), None)] * (digits - 1)
+        out = quantizer.params
+        if out.n_bits % digits:
+            raise ValueError(
+                f"apply_digits: the quantizer's integers split into {digits} digits if its n_bits ({out.n_bits}) is a "
+                f"multiple of {digits}"
+            )
+        bits = out.n_bits // digits
+        whole = _lookup_table_fn(fn, self.scale, self.zero_point, out)
+        parts = []
+        for i in range(digits):
+            shift = bits * (digits - 1 - i)
+            zero_point = out.zero_point if i == digits - 1 else 0
+            params = QuantParams(bits, out.scale * 2**shift, zero_point, signed=False)
+
+            def table(q: np.ndarray, shift: int = shift) -> np.ndarray:
+                return (whole(q) >> shift) & (2**bits - 1)
+
+            float_part = None if float_out is None else (float_out if i == 0 else np.zeros_like(float_out))
+            int_part = fhe.univariate(table)(self.int)
+            parts.append(self._new(float_part, int_part, scale=params.scale, zero_point=zero_point, params=params))
+        return parts
+
+    def times(self, factor: int) -> DualArray:
+        """The same reals with the integers multiplied by a clear positive integer ``factor`` and the scale divided
+        by it (free in FHE): e.g. to bring a digit's products onto the scale of the next digit's, so they add."""
+        factor = check_integer(factor, "factor")
+        return self._new(
+            self.float,
+            None if self.int is None else self.int * factor,
+            scale=None if self.int is None else self.scale / factor,
+            zero_point=self.zero_point * factor,
+        )
+
     def requantize(self, quantizer: Quantizer, *, round_lsbs: int = 0, exact: bool = True) -> DualArray:
         """Bring the integers to ``quantizer``'s parameters (one lookup): shrinks an accumulator.
 
@@ -769,7 +847,7 @@ def centering_offset(low: int, high: int, unit: int) -> int:
 
 
 def _check_drop_bits(drop_bits: int) -> int:
-    return check_integer(drop_bits, "drop_bits", 0, 16)
+    return check_integer(drop_bits, "drop_bits", 0, 32)
 
 
 def _encrypted_products(a: Any, b: Any, drop_bits: int) -> Any:

@@ -27,6 +27,11 @@ and changes only :meth:`~FastHead.attend`, in four ways:
 
 The product sums are rounded in their square tables to ``lookup_bits``, as in the
 published head (``drop_bits``), so every lookup of the softmax reads a narrow integer.
+Each of the ``d`` products of a score is then rounded on its own, and their errors add
+up. With ``sum_rounding="sum"`` the products stay exact and each score's sum is rounded
+once (:meth:`DualArray.rounded <course_lib.dual_array.DualArray.rounded>`), within half a
+step: for ``r`` dropped bits, ``r + 1`` more PBS per score (``P (r + 1)`` in the scores
+row below), a few percent of the head's PBS when ``d`` is 32.
 
 PBS for ``T`` tokens, head dimension ``d`` and ``P = T (T + 1) / 2`` pairs:
 
@@ -49,7 +54,7 @@ from concrete import fhe
 from .attention import HeadWeights, QuantizedHead, _recorder
 from .checks import check_integer
 from .config import HeadConfig
-from .dual_array import DualArray
+from .dual_array import DualArray, centering_offset
 
 
 class CausalPairs:
@@ -132,6 +137,8 @@ class FastHead(QuantizedHead):
 
     quantizer_names = ("input", "q", "k", "v", "exp", "probs")
     product_steps = ("scores", "output")
+    #: The head's output sums are requantized by its layer, on the heads' shared quantizer.
+    layer_quantizer_names = ("output",)
     design = "fast"
     attends_last_rows = True
 
@@ -148,6 +155,24 @@ class FastHead(QuantizedHead):
         #: False: products as two quarter-square lookups, as in the published head (change 2 off).
         self.one_lookup_products = bool(one_lookup_products)
         super().__init__(weights, n_bits, n_bits_weights, lookup_bits, **projection)
+        #: With ``sum_rounding="sum"``: the bits the exact scores' sums drop to reach ``lookup_bits``, and what
+        #: they are shifted by first (a multiple of ``2**drop``, see :func:`~course_lib.dual_array.centering_offset`).
+        #: Fitted at calibration; 0 otherwise.
+        self.sum_drop_bits, self.sum_offset = 0, 0
+
+    @property
+    def sum_rounding(self) -> str:
+        return self.config.sum_rounding
+
+    def _fit_sum_rounding(self, lowest: dict[str, int], highest: dict[str, int]) -> None:
+        """With ``sum_rounding="sum"``: every product stays exact (:attr:`drop_bits` back to 0). Each score's sum
+        drops the bits its products would have dropped, once; the weighted values' sums, the head's output,
+        stay exact, for whoever reads them to round once (:class:`~course_lib.layer.QuantizedLayer`)."""
+        if self.sum_rounding != "sum":
+            return
+        self.sum_drop_bits, self.drop_bits = self.drop_bits["scores"], dict.fromkeys(self.product_steps, 0)
+        if self.sum_drop_bits:
+            self.sum_offset = centering_offset(lowest["scores"], highest["scores"], 2**self.sum_drop_bits)
 
     def _design_name(self) -> str:
         return "fast" if self.one_lookup_products else "fast-quarter-squares"
@@ -182,8 +207,10 @@ class FastHead(QuantizedHead):
         with fhe.tag("scores"):
             q2, k2 = self._operand(q, "scores"), self._operand(k, "scores")  # T d lookups each
             products = q2.take(pairs.rows).multiply(k2.take(pairs.cols), drop_bits=drop["scores"])  # (P, d)
-            raw = products.sum(axis=-1) * self.weights.score_scale  # (P,)
-            scores = keep_step("scores (pairs j <= i)", self._observe("scores", raw))
+            raw = self._observe("scores", products.sum(axis=-1) * self.weights.score_scale)  # (P,)
+            if self.sum_drop_bits:  # sum_rounding="sum": the exact sums rounded once, exactly
+                raw = raw.shifted(self.sum_offset).rounded(self.sum_drop_bits)
+            scores = keep_step("scores (pairs j <= i)", raw)
         with fhe.tag("softmax"):
             shifted = keep_step("scores - row max", scores - pairs.per_pair(pairs.row_max(scores)))  # <= 0
             e = keep_step("exp", shifted.exp(qz["exp"]))
@@ -192,11 +219,24 @@ class FastHead(QuantizedHead):
                 "log row sum",
                 pairs.row_sums(e).apply_at_scale(lambda t: np.log(np.maximum(t, smallest)), scores.scale),
             )
-            probs = keep_step("probs", (shifted - pairs.per_pair(log_sum)).exp(qz["probs"]))  # (P,)
+            log_probs = shifted - pairs.per_pair(log_sum)
+            if self.config.probs_digits == 1:
+                digits = [keep_step("probs", log_probs.exp(qz["probs"]))]  # (P,)
+            else:  # one lookup per digit, most significant first
+                digits = log_probs.apply_digits(np.exp, qz["probs"], self.config.probs_digits)
+                for i, digit in enumerate(digits):
+                    keep_step(f"probs digit {i}", digit)
         with fhe.tag("mix"):
-            p2 = self._operand(probs.reshape(len(pairs), 1), "output")  # P lookups
-            v2 = self._operand(v, "output")  # T d lookups
-            weighted = p2.multiply(v2.take(pairs.cols), drop_bits=drop["output"])  # (P, d)
+            v2 = self._operand(v, "output").take(pairs.cols)  # T d lookups, then (P, d)
+            weighted = None
+            for digit in digits:  # each digit's products, brought onto the next digit's scale (free) and added
+                p2 = self._operand(digit.reshape(len(pairs), 1), "output")  # P lookups
+                products = p2.multiply(v2, drop_bits=drop["output"])  # (P, d)
+                if weighted is None:
+                    weighted = products
+                else:  # one unit of the digit before is 2**bits of this one's (scales are None in calibration)
+                    factor = 1 if products.scale is None else round(weighted.scale / products.scale)
+                    weighted = weighted.times(factor) + products
             return keep_step("output", self._observe("output", pairs.row_sums(weighted)))  # (Q, d)
 
 
@@ -208,5 +248,7 @@ def build_head(weights: HeadWeights, config: HeadConfig) -> QuantizedHead:
     options = config.projection_settings()
     if config.design != "published":
         options["one_lookup_products"] = config.design == "fast"
+        options.update(sum_rounding=config.sum_rounding, probs_digits=config.probs_digits)
+    options.update(tensor_bits=dict(config.tensor_bits), input_clip_percentile=config.input_clip_percentile)
     build = QuantizedHead if config.design == "published" else FastHead
     return build(weights, config.n_bits, config.n_bits_weights, config.lookup_bits, **options)

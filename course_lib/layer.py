@@ -30,7 +30,10 @@ every group of lookups for the widest input of the group.
 Per step at ``T`` tokens, ``n_embd = H d``, PBS: ``3 n_embd`` (q, k, v) ``+ 3 n_embd`` (their squares)
 ``+ H T (2 d + 4)`` (per cached token and head: ``2 d`` products, a step of the max chain, two ``exp`` and
 the square of its probability; the log of the sum makes up for the chain's missing step) ``+ n_embd``
-(the heads' outputs): linear in ``T``, where recomputing the whole sequence costs ``T**2``.
+(the heads' outputs): linear in ``T``, where recomputing the whole sequence costs ``T**2``. Exact rounding
+adds one PBS per dropped bit and rounded value (the projection's accumulators, the heads' output sums). With
+``sum_rounding="sum"`` each score adds ``r + 1`` (its ``r`` dropped bits and a lookup), and each extra digit of
+the probabilities (``probs_digits``) adds ``d + 2`` per cached token and head.
 
 :class:`KVCache` holds, per head, the keys and values of the tokens so far with their squares. On the
 server (:class:`course_lib.layer_circuit.LayerCircuit`) they are ciphertexts that never leave it.
@@ -101,6 +104,8 @@ class QuantizedLayer:
             all not calibrated (:meth:`calibrate` then calibrates them).
         c_proj: the layer's output projection.
         n_bits_weights: bits of ``c_proj``'s clear weights (default: the heads').
+        n_bits_output: bits of the heads' shared output quantizer (default: the heads' config's bits of
+            ``"output"``, :meth:`HeadConfig.bits_of <course_lib.config.HeadConfig.bits_of>`).
 
     Attributes:
         heads_quantizer: the one quantizer of every head's output, which ``c_proj`` reads.
@@ -111,12 +116,18 @@ class QuantizedLayer:
             ``2**drop``; see :func:`~course_lib.dual_array.centering_offset`).
     """
 
-    def __init__(self, heads: Sequence[FastHead], c_proj: ProjectionWeights, n_bits_weights: int | None = None):
+    def __init__(
+        self,
+        heads: Sequence[FastHead],
+        c_proj: ProjectionWeights,
+        n_bits_weights: int | None = None,
+        n_bits_output: int | None = None,
+    ):
         self.heads = list(heads)
         if not self.heads or not all(isinstance(h, FastHead) and h.one_lookup_products for h in self.heads):
             raise ValueError("a QuantizedLayer takes a non-empty list of FastHead (with one-lookup products)")
-        if len({(h.weights.n_embd, h.weights.head_dim, h.n_bits) for h in self.heads}) != 1:
-            raise ValueError("the heads of a layer must share n_embd, head_dim and n_bits")
+        if len({(h.weights.n_embd, h.weights.head_dim, h.config) for h in self.heads}) != 1:
+            raise ValueError("the heads of a layer must share n_embd, head_dim and their settings (config)")
         self.n_embd, self.head_dim = self.heads[0].weights.n_embd, self.heads[0].weights.head_dim
         if len(self.heads) * self.head_dim != self.n_embd:
             raise ValueError(
@@ -128,7 +139,8 @@ class QuantizedLayer:
         self.n_bits = self.heads[0].n_bits
         bits = self.heads[0].n_bits_weights if n_bits_weights is None else check_n_bits(n_bits_weights)
         self.w_proj = QuantizedWeights.from_float(c_proj.w, bits)
-        self.heads_quantizer = Quantizer(self.n_bits, name="heads' output")
+        output_bits = self.heads[0].config.bits_of("output") if n_bits_output is None else check_n_bits(n_bits_output)
+        self.heads_quantizer = Quantizer(output_bits, name="heads' output")
         self.heads_drop_bits = [0] * len(self.heads)
         self.heads_offsets = [0] * len(self.heads)
 

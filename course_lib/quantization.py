@@ -176,9 +176,31 @@ class Quantizer:
         symmetric: symmetric (zero point 0) instead of affine.
         signed: signed integers (defaults to ``symmetric``).
         name: a label used in messages and printouts.
+        clip_percentile: if set (above 50, at most 100), :meth:`freeze` calibrates on the range from the
+            ``(100 - clip_percentile)``-th to the ``clip_percentile``-th percentile of every value observed,
+            instead of min to max: the rare values beyond saturate, the others get finer steps. The quantizer
+            then keeps the observed values until it freezes.
     """
 
-    def __init__(self, n_bits: int, *, symmetric: bool = False, signed: bool | None = None, name: str = "") -> None:
+    def __init__(
+        self,
+        n_bits: int,
+        *,
+        symmetric: bool = False,
+        signed: bool | None = None,
+        name: str = "",
+        clip_percentile: float | None = None,
+    ) -> None:
+        if clip_percentile is not None and (
+            isinstance(clip_percentile, bool)
+            or not isinstance(clip_percentile, int | float)
+            or not 50 < clip_percentile <= 100
+        ):
+            raise ValueError(
+                f"clip_percentile must be a number above 50 and at most 100 (or None), got {clip_percentile!r}"
+            )
+        self.clip_percentile = clip_percentile
+        self._observed: list[np.ndarray] = []
         self.n_bits = check_n_bits(n_bits)
         self.symmetric = symmetric
         self.signed = symmetric if signed is None else bool(signed)
@@ -205,6 +227,8 @@ class Quantizer:
                 "Call reset() first to calibrate again."
             )
         array = check_float_data(values, f"calibration data for {self._label()}")
+        if self.clip_percentile is not None:
+            self._observed.append(array.ravel())
         low, high = float(array.min()), float(array.max())
         self.rmin = low if self.rmin is None else min(self.rmin, low)
         self.rmax = high if self.rmax is None else max(self.rmax, high)
@@ -215,7 +239,12 @@ class Quantizer:
             return self._params  # type: ignore[return-value]
         if self.rmin is None or self.rmax is None:
             raise NotCalibratedError(f"{self._label()} has observed no calibration data: call observe() first")
-        self._params = compute_params(self.rmin, self.rmax, self.n_bits, symmetric=self.symmetric, signed=self.signed)
+        low, high = self.rmin, self.rmax
+        if self.clip_percentile is not None:
+            values = np.concatenate(self._observed)
+            low, high = np.percentile(values, [100 - self.clip_percentile, self.clip_percentile])
+            self._observed = []
+        self._params = compute_params(low, high, self.n_bits, symmetric=self.symmetric, signed=self.signed)
         return self._params
 
     def calibrate(self, values: object) -> QuantParams:
@@ -227,6 +256,7 @@ class Quantizer:
         """Forget the calibration and unfreeze."""
         self.rmin = self.rmax = None
         self._params = None
+        self._observed = []
 
     @property
     def params(self) -> QuantParams:

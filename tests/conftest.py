@@ -15,6 +15,7 @@ A test carries ``fhe`` or ``keys`` through a decorator when its own body compile
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,12 +118,17 @@ def keyed(tmp_path_factory):
 @pytest.fixture(scope="session")
 def load_script():
     """A function that loads a script of the repository as a module, e.g. ``load_script("benchmarks/attention_fhe.py")``
-    (scripts/ and benchmarks/ are folders of scripts, not packages)."""
+    (scripts/ and benchmarks/ are folders of scripts, not packages). As when the script is run: its folder is on
+    the import path (a benchmark may import another), and it is registered under its name while it executes (which
+    dataclasses need)."""
 
     def load(relative_path: str):
         path = ROOT / relative_path
+        if str(path.parent) not in sys.path:
+            sys.path.append(str(path.parent))
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
         spec.loader.exec_module(module)
         return module
 

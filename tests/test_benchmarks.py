@@ -71,14 +71,39 @@ def test_the_benchmark_does_not_generate_keys_too_large_for_its_limit(bundled, l
 def test_the_layer_accuracy_benchmark_measures_the_notebooks_setting(load_script, tmp_path, capsys):
     layer_accuracy = load_script("benchmarks/layer_accuracy.py")
     out = tmp_path / "layer_accuracy.json"
-    layer_accuracy.main(["--n-bits", "4", "--passages", "3", "--out", str(out)])
+    out.write_text(json.dumps({"passages": 3, "budget": ["kept"], "rows": ["an older format, dropped"]}))
+    layer_accuracy.main(["--parts", "uniform", "--passages", "3", "--out", str(out)])
     record = json.loads(out.read_text())
-    (row,) = record["rows"]
-    assert (row["n_bits"], row["lookup_bits"], row["exact_projection_rounding"]) == (4, 6, True)
+    assert [r["n_bits"] for r in record["uniform"]] == [4, 6, 8] and record["budget"] == ["kept"]
+    assert "rows" not in record and "techniques" not in record
+    row = record["uniform"][0]
+    assert (row["lookup_bits"], row["exact_projection_rounding"], row["sum_rounding"]) == (6, True, "products")
     assert 0 < row["top1"] <= row["top5"] <= 1 and row["predictions"] > 0 and record["passages"] == 3
     assert row["perplexity"] > 1 and record["float_perplexity"] > 1
     assert "3 held-out passages" in capsys.readouterr().out
-    for bad, message in ((["--n-bits", "1"], "from 2 to 12"), (["--passages", "0"], "at least 1")):
+    for bad, message in ((["--parts", "all"], "invalid choice"), (["--passages", "0"], "at least 1")):
         with pytest.raises(SystemExit):
             layer_accuracy.parse_args(bad)
         assert message in capsys.readouterr().err
+
+
+def test_the_error_budget_changes_one_tensor_at_a_time_and_the_techniques_end_at_accurate_layer(load_script):
+    from course_lib.config import ACCURATE_LAYER
+
+    layer_accuracy = load_script("benchmarks/layer_accuracy.py")
+    reference, *singles = layer_accuracy.budget_settings()
+    base = reference.record()
+    assert set(base["tensor_bits"].values()) == {12} and base["lookup_bits"] == 14 and base["n_bits_c_proj"] == 12
+    for setting in singles:
+        record = setting.record()
+        changed = {k for k in base if k != "name" and record[k] != base[k]}
+        changed |= {f"bits of {t}" for t in base["tensor_bits"] if record["tensor_bits"][t] != base["tensor_bits"][t]}
+        changed.discard("tensor_bits")
+        assert len(changed) == 1 or changed == {"n_bits_output", "bits of output"}, (setting.name, changed)
+    techniques = layer_accuracy.technique_settings()
+    assert techniques[0].config == layer_accuracy.FIRST_SETTING
+    assert [s.config for s in techniques].index(ACCURATE_LAYER) == 5  # five changes, one row each
+    cost = load_script("benchmarks/layer_cost.py")
+    assert set(cost.settings()) == {s.name for s in (*layer_accuracy.uniform_settings(), *techniques)}
+    with pytest.raises(SystemExit):
+        cost.parse_args(["--max-tokens", "0"])

@@ -39,6 +39,16 @@ def test_it_is_frozen_and_replace_checks_the_copy():
         ({"weight_scales": "row"}, ValueError, "weight_scales must be one of 'tensor', 'qkv', 'aligned'"),
         ({"weight_scales": "aligned", "projection_bits": 6}, ValueError, "leave projection_bits unset"),
         ({"exact_projection_rounding": "yes"}, TypeError, "exact_projection_rounding must be True or False"),
+        ({"sum_rounding": "once"}, ValueError, "sum_rounding must be one of 'products', 'sum'"),
+        ({"sum_rounding": "sum", "design": "published"}, ValueError, "needs design='fast', got design='published'"),
+        ({"tensor_bits": {"input": 1}}, ValueError, "tensor_bits\\['input'\\] must be an integer from 2 to 16"),
+        ({"tensor_bits": 6}, TypeError, "tensor_bits must be a dict of quantizer names to bits"),
+        ({"tensor_bits": [(3, 6)]}, ValueError, "each quantizer is named once, by a string, got 3"),
+        ({"probs_digits": 0}, ValueError, "probs_digits must be an integer from 1 to 4"),
+        ({"probs_digits": 3}, ValueError, "probs_digits=3 splits the probabilities' 4 bits into digits of at least 2"),
+        ({"probs_digits": 2, "tensor_bits": {"probs": 8}, "design": "published"}, ValueError, "design='published'"),
+        ({"input_clip_percentile": 40}, ValueError, "input_clip_percentile must be a number above 50 and at most 100"),
+        ({"input_clip_percentile": True}, ValueError, "input_clip_percentile must be a number"),
     ],
 )
 def test_a_wrong_setting_is_refused_with_what_is_allowed(settings, error, message):
@@ -75,3 +85,12 @@ def test_head_config_reads_a_config_and_keyword_changes():
     assert head_config(None, default=PUBLISHED, design="fast", lookup_bits=6) == COURSE
     with pytest.raises(TypeError, match="config must be a HeadConfig, got dict"):
         head_config({"n_bits": 4})
+
+
+def test_mixed_precision_names_the_bits_of_single_quantizers():
+    mixed = COURSE.replace(tensor_bits={"v": 5, "input": 6})
+    assert mixed.tensor_bits == (("input", 6), ("v", 5))  # sorted pairs: hashable, equal however given
+    assert mixed == COURSE.replace(tensor_bits=[("input", 6), ("v", 5)])
+    assert mixed.bits_of("input") == 6 and mixed.bits_of("v") == 5 and mixed.bits_of("probs") == COURSE.n_bits
+    assert hash(mixed) == hash(COURSE.replace(tensor_bits={"input": 6, "v": 5}))
+    assert COURSE.replace(input_clip_percentile=99).input_clip_percentile == 99.0

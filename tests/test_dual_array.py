@@ -119,6 +119,52 @@ def test_rounding_before_lookup_drops_low_bits():
         d.requantize(calibrated(x, 6), round_lsbs=-1)
 
 
+def test_rounded_goes_to_a_coarser_scale_and_compiles_to_the_same_integers():
+    sums = DualArray(np.arange(-40, 41, 3, dtype=float), np.arange(-40, 41, 3), scale=0.5)  # a sum of products
+    shifted = sums.shifted(64)  # non-negative before rounding, as concrete-python 2.10 needs
+    out = shifted.rounded(3)
+    # to the nearest multiple of 8 (ties up), divided by 8: the reals on a scale 8 times coarser
+    np.testing.assert_array_equal(out.int, np.floor((sums.int + 4) / 8))
+    assert out.scale == 4.0 and out.zero_point == 0 and out.float is sums.float
+    assert np.abs(out.dequantize() - sums.dequantize()).max() <= out.scale / 2
+    assert sums.rounded(0) is sums
+    with pytest.raises(ValueError, match="zero point \\(5\\) must be a multiple of 2\\*\\*lsbs = 8"):
+        sums.shifted(5).rounded(3)
+    with pytest.raises(ValueError, match="lsbs must be an integer from 0"):
+        sums.rounded(-1)
+
+    @fhe.compiler({"q": "encrypted"})
+    def circuit(q):
+        return DualArray(None, q, scale=0.5).shifted(64).rounded(3).int
+
+    compiled = circuit.compile([sums.int, -sums.int], never_run())
+    np.testing.assert_array_equal(compiled.simulate(sums.int), out.int)
+    assert compiled.programmable_bootstrap_count == sums.shape[0] * 4  # 3 PBS to round exactly, 1 lookup
+
+
+def test_a_lookup_in_digits_gives_the_whole_integers_digit_by_digit():
+    x = np.linspace(-6.0, 0.0, 25)
+    qp = calibrated(np.exp(x), 8)
+    assert qp.params.zero_point == -1  # exp(-6) is more than half a step: the last digit carries the zero point
+    source = DualArray.quantize(x, calibrated(x, 6))
+    whole = source.exp(qp)
+    high, low = source.apply_digits(np.exp, qp, 2)
+    np.testing.assert_array_equal(16 * high.int + low.int, whole.int)
+    assert 0 <= low.int.min() and max(high.int.max(), low.int.max()) <= 15
+    assert high.scale == 16 * low.scale == 16 * qp.params.scale and high.params.n_bits == low.params.n_bits == 4
+    assert (high.zero_point, low.zero_point) == (0, -1)
+    np.testing.assert_allclose(high.dequantize() + low.dequantize(), whole.dequantize())
+    np.testing.assert_array_equal(high.float, np.exp(x))
+    np.testing.assert_array_equal(low.float, 0)  # the float side rides on the first digit
+    both = high.times(16) + low  # the same scale: an addition, no lookup
+    assert both.scale == low.scale
+    np.testing.assert_array_equal(both.int, whole.int - qp.params.zero_point)  # centred: zero point 0
+    with pytest.raises(ValueError, match="n_bits \\(8\\) is a multiple of 3"):
+        source.apply_digits(np.exp, qp, 3)
+    with pytest.raises(ValueError, match="factor must be a positive integer"):
+        high.times(0)
+
+
 def test_calibration_mode_observes_then_inference_never_recalibrates():
     qx, qe = Quantizer(6, name="x"), Quantizer(6, name="exp")
     for data in ([-1.0, 0.0], [0.5, 2.0]):
@@ -226,7 +272,7 @@ def test_products_of_two_dual_arrays_are_exact_and_drop_bits_on_request():
 def test_product_errors_say_what_is_allowed():
     q = calibrated([0.0, 1.0], 4)
     a = DualArray.quantize(np.ones((2, 3)), q)
-    with pytest.raises(ValueError, match="drop_bits must be an integer from 0 to 16"):
+    with pytest.raises(ValueError, match="drop_bits must be an integer from 0 to 32"):
         a.matmul(a.transpose(), drop_bits=-1)
     with pytest.raises(ShapeMismatchError, match="2-D arrays"):
         a.reshape(1, 2, 3) @ a.transpose()

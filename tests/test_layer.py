@@ -7,7 +7,8 @@ import pytest
 from conftest import TINY_HEAD_DIM, TINY_N_EMBD
 
 from course_lib.attention import HeadWeights
-from course_lib.fast_attention import FastHead
+from course_lib.config import ACCURATE_LAYER
+from course_lib.fast_attention import FastHead, build_head
 from course_lib.fhe import DEFAULT_PROJECTION
 from course_lib.layer import KVCache, ProjectionWeights, QuantizedLayer
 
@@ -95,3 +96,21 @@ def test_the_whole_sequence_path_gives_the_integers_of_the_steps(exact):
         np.testing.assert_array_equal(layer.forward(x).int, layer.run(x).int)
         checked += len(x) > 1
     assert checked
+
+
+def test_a_layer_takes_every_setting_of_its_heads_config():
+    """ACCURATE_LAYER's settings on a random layer: the heads' output quantizer takes the config's ``"output"``
+    bits, the heads share one config, and the whole-sequence path still gives the integers of the steps."""
+    config = ACCURATE_LAYER.replace(n_bits=3, lookup_bits=5, tensor_bits={"input": 4, "probs": 6, "output": 5})
+    inputs = HeadWeights.random_inputs(24, N_EMBD, seed=2)
+    heads = [build_head(HeadWeights.random(N_EMBD, HEAD_DIM, seed=20 + h), config) for h in range(N_HEAD)]
+    rng = np.random.default_rng(2)
+    c_proj = ProjectionWeights(rng.normal(scale=0.3, size=(N_EMBD, N_EMBD)), rng.normal(scale=0.1, size=N_EMBD))
+    layer = QuantizedLayer(heads, c_proj)
+    layer.calibrate(inputs)
+    assert layer.heads_quantizer.params.n_bits == 5 and layer.input_params.n_bits == 4 and layer.rounds_exactly
+    for x in inputs[:4]:
+        np.testing.assert_array_equal(layer.forward(x).int, layer.run(x).int)
+    other = build_head(HeadWeights.random(N_EMBD, HEAD_DIM, seed=9), config.replace(probs_digits=1))
+    with pytest.raises(ValueError, match="must share n_embd, head_dim and their settings"):
+        QuantizedLayer([*heads[:-1], other], c_proj)

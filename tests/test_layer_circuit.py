@@ -175,3 +175,23 @@ def test_server_refuses_steps_out_of_order(exact_layer, keyed_circuit, layer_ser
     with pytest.raises(ServerError, match="unknown session"):
         remote.session = "0" * 32
         remote.step(xi[:1])
+
+
+@pytest.mark.fhe
+def test_an_accurate_layer_simulates_as_the_clear_steps(tiny_gpt2):
+    """ACCURATE_LAYER's settings, narrowed for the tiny GPT-2: its module's simulation is the clear computation
+    (its two new operations on ciphertexts: test_fast_attention's keyed test)."""
+    from course_lib.config import ACCURATE_LAYER
+    from course_lib.data import load_calibration_prompts
+    from course_lib.swapped_layer import SwappedLayer
+
+    model, tokenizer = tiny_gpt2
+    config = ACCURATE_LAYER.replace(n_bits=3, lookup_bits=4, tensor_bits={"input": 4, "probs": 6, "output": 4})
+    with SwappedLayer(model, 0, config) as swap:
+        swap.calibrate(tokenizer, load_calibration_prompts(limit=24))
+        circuit = swap.compile(2)
+        assert circuit.is_exact
+        for x in swap.calibration_inputs[3:6]:
+            xi = circuit.encode(x[:2])
+            np.testing.assert_array_equal(circuit.simulate(xi), circuit.clear(xi))
+            np.testing.assert_array_equal(circuit.clear(xi), swap.quantized.run(x[:2]).int)

@@ -147,3 +147,22 @@ def test_round_trip_error_is_at_most_half_a_step(data, n_bits, setting):
         return  # a single value: exact, tested above
     error = np.abs(p.dequantize(p.quantize(x)) - x)
     assert np.all(error <= p.scale / 2 * (1 + 1e-9) + 1e-12)
+
+
+def test_a_clipped_range_is_calibrated_on_percentiles():
+    values = np.concatenate([np.linspace(-1, 1, 999), [8.0]])  # one outlier
+    whole, clipped = Quantizer(4), Quantizer(4, clip_percentile=99.5)
+    for q in (whole, clipped):
+        q.observe(values[:500])
+        q.observe(values[500:])  # the percentiles are of every value observed, not of each call
+    low, high = np.percentile(values, [0.5, 99.5])
+    assert clipped.freeze() == compute_params(low, high, 4)
+    assert clipped.rmax == whole.rmax == 8.0  # the observed range is still recorded
+    assert clipped.freeze().scale < whole.freeze().scale / 4  # finer steps for all but the outlier
+    assert clipped.quantize([8.0]).tolist() == [clipped.params.qmax]  # which saturates
+    for bad in (50, 101, True, "99"):
+        with pytest.raises(ValueError, match="clip_percentile must be a number above 50 and at most 100"):
+            Quantizer(4, clip_percentile=bad)
+    clipped.reset()
+    with pytest.raises(NotCalibratedError):
+        clipped.freeze()
