@@ -31,7 +31,7 @@ Each of the ``d`` products of a score is then rounded on its own, and their erro
 up. With ``sum_rounding="sum"`` the products stay exact and each score's sum is rounded
 once (:meth:`DualArray.rounded <course_lib.dual_array.DualArray.rounded>`), within half a
 step: for ``r`` dropped bits, ``r + 1`` more PBS per score (``P (r + 1)`` in the scores
-row below), a few percent of the head's PBS when ``d`` is 32.
+row below, beside its ``P d`` products).
 
 PBS for ``T`` tokens, head dimension ``d`` and ``P = T (T + 1) / 2`` pairs:
 
