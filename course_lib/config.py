@@ -27,7 +27,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .checks import check_integer
-from .quantization import MAX_BITS, MIN_BITS
+from .quantization import MAX_BITS, MIN_BITS, check_clip_percentile
 
 
 def _check_bits(value: object, name: str) -> int:
@@ -117,13 +117,9 @@ class HeadConfig:
         set_field = object.__setattr__  # the one place a frozen instance normalises its own fields
         set_field(self, "n_bits", _check_bits(self.n_bits, "n_bits"))
         set_field(self, "tensor_bits", _check_tensor_bits(self.tensor_bits))
-        clip = self.input_clip_percentile
-        if clip is not None:
-            if isinstance(clip, bool) or not isinstance(clip, int | float) or not 50 < clip <= 100:
-                raise ValueError(
-                    f"input_clip_percentile must be a number above 50 and at most 100 (or None), got {clip!r}"
-                )
-            set_field(self, "input_clip_percentile", float(clip))
+        set_field(
+            self, "input_clip_percentile", check_clip_percentile(self.input_clip_percentile, "input_clip_percentile")
+        )
         if self.n_bits_weights is not None:
             set_field(self, "n_bits_weights", _check_bits(self.n_bits_weights, "n_bits_weights"))
         for name, what in (("lookup_bits", "the sums of products"), ("projection_bits", "the projection's sums")):

@@ -104,8 +104,6 @@ class QuantizedLayer:
             all not calibrated (:meth:`calibrate` then calibrates them).
         c_proj: the layer's output projection.
         n_bits_weights: bits of ``c_proj``'s clear weights (default: the heads').
-        n_bits_output: bits of the heads' shared output quantizer (default: the heads' config's bits of
-            ``"output"``, :meth:`HeadConfig.bits_of <course_lib.config.HeadConfig.bits_of>`).
 
     Attributes:
         heads_quantizer: the one quantizer of every head's output, which ``c_proj`` reads.
@@ -121,7 +119,6 @@ class QuantizedLayer:
         heads: Sequence[FastHead],
         c_proj: ProjectionWeights,
         n_bits_weights: int | None = None,
-        n_bits_output: int | None = None,
     ):
         self.heads = list(heads)
         if not self.heads or not all(isinstance(h, FastHead) and h.one_lookup_products for h in self.heads):
@@ -139,8 +136,8 @@ class QuantizedLayer:
         self.n_bits = self.heads[0].n_bits
         bits = self.heads[0].n_bits_weights if n_bits_weights is None else check_n_bits(n_bits_weights)
         self.w_proj = QuantizedWeights.from_float(c_proj.w, bits)
-        output_bits = self.heads[0].config.bits_of("output") if n_bits_output is None else check_n_bits(n_bits_output)
-        self.heads_quantizer = Quantizer(output_bits, name="heads' output")
+        # the heads' config names the bits of their shared output ("output" in its tensor_bits; else n_bits)
+        self.heads_quantizer = Quantizer(self.heads[0].config.bits_of("output"), name="heads' output")
         self.heads_drop_bits = [0] * len(self.heads)
         self.heads_offsets = [0] * len(self.heads)
 

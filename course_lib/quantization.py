@@ -63,6 +63,16 @@ def check_float_data(values: object, what: str = "calibration data") -> np.ndarr
     return array
 
 
+def check_clip_percentile(value: object, name: str = "clip_percentile") -> float | None:
+    """Return a clipping percentile as a float (None stays None), or raise a ValueError unless it is a number
+    above 50 and at most 100."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 50 < value <= 100:
+        raise ValueError(f"{name} must be a number above 50 and at most 100 (or None), got {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class QuantParams:
     """The parameters of one uniform quantization: ``x ~ scale * (q - zero_point)``.
@@ -191,15 +201,7 @@ class Quantizer:
         name: str = "",
         clip_percentile: float | None = None,
     ) -> None:
-        if clip_percentile is not None and (
-            isinstance(clip_percentile, bool)
-            or not isinstance(clip_percentile, int | float)
-            or not 50 < clip_percentile <= 100
-        ):
-            raise ValueError(
-                f"clip_percentile must be a number above 50 and at most 100 (or None), got {clip_percentile!r}"
-            )
-        self.clip_percentile = clip_percentile
+        self.clip_percentile = check_clip_percentile(clip_percentile)
         self._observed: list[np.ndarray] = []
         self.n_bits = check_n_bits(n_bits)
         self.symmetric = symmetric

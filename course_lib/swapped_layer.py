@@ -66,8 +66,6 @@ class SwappedLayer(LayerHooks):
             lookups, aligned 6-bit weights rounded approximately); its ``design`` must be ``"fast"``, and its
             ``n_bits`` is also the heads' shared output's.
         n_bits_c_proj: bits of ``c_proj``'s clear weights (default: ``c_attn``'s).
-        n_bits_output: bits of the heads' shared output, which ``c_proj`` reads (default:
-            ``config.bits_of("output")``).
         settings: single fields of ``config`` to change (``n_bits=3``, ``exact_projection_rounding=True``, ...).
     """
 
@@ -83,7 +81,6 @@ class SwappedLayer(LayerHooks):
         config: HeadConfig | None = None,
         *,
         n_bits_c_proj: int | None = None,
-        n_bits_output: int | None = None,
         **settings,
     ) -> None:
         check_layer_head(model, layer, 0)
@@ -96,7 +93,7 @@ class SwappedLayer(LayerHooks):
         self.config = config
         heads = [build_head(head_weights(model, layer, h), config) for h in range(model.config.n_head)]
         #: The quantized layer (its heads and ``c_proj``), calibrated by :meth:`calibrate`.
-        self.quantized = QuantizedLayer(heads, projection_weights(model, layer), n_bits_c_proj, n_bits_output)
+        self.quantized = QuantizedLayer(heads, projection_weights(model, layer), n_bits_c_proj)
         self.calibration_inputs: list[np.ndarray] = []
         #: The compiled module (:meth:`compile`).
         self.circuit: LayerCircuit | None = None
