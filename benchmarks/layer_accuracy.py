@@ -10,7 +10,7 @@ and top-5 agreement with the float model (the share of positions where the float
 quantized model's first choice, or among its first five) and the held-out perplexity, next to the float model's.
 The layer-accuracy targets are top-1 of at least 90 %, top-5 of at least 99 %, perplexity at most 10 % above.
 
-Three parts, each a list of rows:
+Four parts, each a list of rows:
 
 - ``uniform``: notebook 04's layer as it was first built (every accumulator rounded exactly, lookups at
   ``n_bits + 2``) at 4, 6 and 8 bits;
@@ -19,7 +19,9 @@ Three parts, each a list of rows:
   each tensor alone costs;
 - ``techniques``: from notebook 04's 4-bit layer, the changes of :data:`course_lib.config.ACCURATE_LAYER` added
   one after the other, each row measured against the row before; then, for scale, ACCURATE_LAYER with 7-bit
-  lookups and a uniform 5-bit layer with the first two changes.
+  lookups and a uniform 5-bit layer with the first two changes;
+- ``further``: ACCURATE_LAYER with more bits where the budget points next (the values ``v``, then ``q``, ``k`` and
+  ``v``), each row measured against ACCURATE_LAYER.
 
 Results go to ``benchmarks/results/layer_accuracy.json``; the parts not run are kept from the file when it holds
 the same number of passages. The cost of each setting in PBS, complexity and
@@ -49,7 +51,7 @@ LAYER = 0
 FIRST_SETTING = FROM_X.replace(exact_projection_rounding=True)
 #: The bits of every tensor of the budget's reference layer (its sums of products are rounded to 2 bits more).
 REFERENCE_BITS = 12
-PARTS = ("uniform", "budget", "techniques")
+PARTS = ("uniform", "budget", "techniques", "further")
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,22 @@ def technique_settings() -> list[Setting]:
     return [Setting(name, config) for name, config in steps]
 
 
-SETTINGS = {"uniform": uniform_settings, "budget": budget_settings, "techniques": technique_settings}
+def further_settings() -> list[Setting]:
+    """:data:`ACCURATE_LAYER` with the values ``v`` on 5 bits (the largest loss of the budget it leaves at 4 bits),
+    then with ``q``, ``k`` and ``v`` on 5 bits."""
+    a, bits = ACCURATE_LAYER, dict(ACCURATE_LAYER.tensor_bits)
+    return [
+        Setting("ACCURATE_LAYER, v on 5 bits", a.replace(tensor_bits={**bits, "v": 5})),
+        Setting("ACCURATE_LAYER, q, k, v on 5 bits", a.replace(n_bits=5)),
+    ]
+
+
+SETTINGS = {
+    "uniform": uniform_settings,
+    "budget": budget_settings,
+    "techniques": technique_settings,
+    "further": further_settings,
+}
 
 
 def measure(model, tokenizer, prompts, passages, reference, setting: Setting) -> dict:
@@ -209,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     if previous.get("passages") == len(passages):  # parts not run this time are kept from the last run
         parts = {**{p: previous[p] for p in PARTS if p in previous and p not in parts}, **parts}
     record = {
-        "command": "benchmarks/layer_accuracy.py --parts " + " ".join(args.parts),
+        "command": "benchmarks/layer_accuracy.py --parts " + " ".join(p for p in PARTS if p in parts),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "layer": LAYER,
         "passages": len(passages),

@@ -21,7 +21,7 @@ import platform
 import time
 from pathlib import Path
 
-from layer_accuracy import LAYER, technique_settings, uniform_settings
+from layer_accuracy import LAYER, further_settings, technique_settings, uniform_settings
 
 from course_lib.data import load_calibration_prompts
 from course_lib.fhe import lookups_per_width
@@ -34,8 +34,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "layer_cost.json"
 
 
 def settings() -> dict:
-    """Every setting whose cost the Pareto figure needs, by name: the uniform ones and the techniques'."""
-    return {s.name: s for s in (*uniform_settings(), *technique_settings())}
+    """Every setting whose cost the Pareto figure needs, by name: the uniform ones, the techniques', the further
+    ones."""
+    return {s.name: s for s in (*uniform_settings(), *technique_settings(), *further_settings())}
 
 
 def measure(model, tokenizer, prompts, setting, max_tokens: int) -> dict:

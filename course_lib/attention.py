@@ -64,7 +64,6 @@ PRODUCT_STEPS: tuple[str, ...] = ("scores", "probs", "output")
 PROJECTED: tuple[str, ...] = ("q", "k", "v")
 
 
-
 @dataclass(frozen=True)
 class HeadWeights:
     """The float weights one head reads from its layer (plain NumPy, no torch).

@@ -33,6 +33,7 @@ from .quantization import MAX_BITS, MIN_BITS, check_clip_percentile
 def _check_bits(value: object, name: str) -> int:
     return check_integer(value, name, MIN_BITS, MAX_BITS)
 
+
 #: The constructions of a head's encrypted part (see :mod:`course_lib.fast_attention`): the published
 #: one, the fast one, and the fast one with two lookups per product (to measure what one lookup saves).
 DESIGNS: tuple[str, ...] = ("published", "fast", "fast-quarter-squares")
@@ -42,6 +43,7 @@ DESIGNS: tuple[str, ...] = ("published", "fast", "fast-quarter-squares")
 #: rounding the accumulator *is* the requantization (``"aligned"``, see
 #: :meth:`~course_lib.attention.QuantizedHead.calibrate`).
 WEIGHT_SCALES: tuple[str, ...] = ("tensor", "qkv", "aligned")
+
 
 def _check_tensor_bits(value: object) -> tuple[tuple[str, int], ...]:
     """``tensor_bits`` as sorted ``(name, bits)`` pairs, from a dict or pairs; raise if a name or bits is wrong."""

@@ -53,6 +53,7 @@ from .progress import progress_bar
 
 MODES: tuple[str, ...] = ("float", "quantized", "simulate", "execute")
 
+
 def check_layer_head(model, layer: int, head: int) -> None:
     """Raise a ValueError naming the allowed ranges if ``layer`` or ``head`` does not exist."""
     n_layer, n_head = model.config.n_layer, model.config.n_head
@@ -142,9 +143,7 @@ class LayerHooks(ABC):
     _mode: str
     _what: str  # what the subclass swaps in, for messages: "head", "layer"
 
-    def _hook(
-        self, model, layer: int, heads: Sequence[int], c_proj_hook: Callable[[torch.nn.Module], object]
-    ) -> None:
+    def _hook(self, model, layer: int, heads: Sequence[int], c_proj_hook: Callable[[torch.nn.Module], object]) -> None:
         """Attach the hooks for ``heads`` of layer ``layer``, or raise a ValueError if another swap holds one."""
         attn = model.transformer.h[int(layer)].attn
         attached: list[LayerHooks] = attn.__dict__.setdefault(_SWAPS, [])

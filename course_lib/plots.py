@@ -446,6 +446,79 @@ def plot_step_costs(steps: Sequence[int], pbs: Sequence[int], sent_bytes: Sequen
     return fig
 
 
+def plot_error_budget(labels: Sequence[str], top1: Sequence[float], reference_top1: float) -> Figure:
+    """Where a quantized layer's accuracy goes: the top-1 points each tensor loses on its own.
+
+    Args:
+        labels: one name per tensor (each row of the budget puts that tensor alone at the low setting).
+        top1: each row's top-1 agreement with the float model, from 0 to 1.
+        reference_top1: the top-1 agreement of the reference row (every tensor at high precision).
+    """
+    if len(labels) != len(top1):
+        raise ValueError(f"one top-1 per label: {len(labels)} labels, {len(top1)} values")
+    lost = [100 * (reference_top1 - value) for value in top1]
+    order = np.argsort(lost)  # the largest loss on top
+    fig = Figure(figsize=(7.5, 0.42 * len(labels) + 1.2), layout="constrained")
+    ax = fig.subplots()
+    ax.barh(range(len(labels)), [lost[i] for i in order], color="tab:red")
+    ax.set_yticks(range(len(labels)), [labels[i] for i in order])
+    for row, i in enumerate(order):
+        ax.annotate(f" {lost[i]:.1f}", (max(lost[i], 0), row), va="center", fontsize=9)
+    ax.set(xlabel="top-1 points lost (that tensor alone at the low setting)", title="where the accuracy goes")
+    ax.set_xlim(0, max(lost) * 1.15)
+    ax.grid(True, axis="x", alpha=0.3)
+    return fig
+
+
+def plot_accuracy_against_cost(
+    labels: Sequence[str],
+    top1: Sequence[float],
+    complexity: Sequence[float],
+    key_gigabytes: Sequence[float],
+    *,
+    target: float | None = None,
+) -> Figure:
+    """Top-1 agreement of quantized layers against what their circuit costs (the compiler's complexity, log scale),
+    one marker per setting, its area growing with the evaluation keys' size, named with that size in the legend.
+
+    Args:
+        labels: one name per setting.
+        top1: each setting's top-1 agreement with the float model, from 0 to 1.
+        complexity: each setting's circuit complexity (concrete's cost estimate).
+        key_gigabytes: each setting's evaluation keys, in GB before compression.
+        target: a top-1 to draw as a dashed line.
+    """
+    if not len(labels) == len(top1) == len(complexity) == len(key_gigabytes):
+        raise ValueError(
+            f"one value per setting: {len(labels)} labels, {len(top1)} top-1, {len(complexity)} complexities, "
+            f"{len(key_gigabytes)} key sizes"
+        )
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for i, (label, t, c, k) in enumerate(zip(labels, top1, complexity, key_gigabytes, strict=True)):
+        ax.scatter([c], [100 * t], s=30 + 4 * k, color=f"C{i}", zorder=3, label=f"{label} ({k:.0f} GB of keys)")
+    if target is not None:
+        ax.axhline(100 * target, color="gray", linestyle="--", linewidth=1)
+        ax.annotate(
+            f"target {100 * target:.0f} %",
+            (min(complexity), 100 * target),
+            textcoords="offset points",
+            xytext=(0, 4),
+            fontsize=8,
+            color="gray",
+        )
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), title="setting (marker area: keys)")
+    ax.set_xscale("log")
+    ax.set_xlim(min(complexity) / 1.3, max(complexity) * 1.3)
+    ax.set(
+        xlabel="circuit complexity (compiler's estimate, log scale)",
+        ylabel="top-1 agreement with float (%)",
+        title="accuracy bought with cost: each point a setting of the layer",
+    )
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
 def show_widget(widget, static_text: str) -> None:
     """Display an ipywidgets widget whose saved output, where no kernel runs it, reads ``static_text``.
 

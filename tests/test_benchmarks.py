@@ -103,7 +103,11 @@ def test_the_error_budget_changes_one_tensor_at_a_time_and_the_techniques_end_at
     techniques = layer_accuracy.technique_settings()
     assert techniques[0].config == layer_accuracy.FIRST_SETTING
     assert [s.config for s in techniques].index(ACCURATE_LAYER) == 5  # five changes, one row each
+    further = layer_accuracy.further_settings()
+    for setting, five in zip(further, ({"v"}, {"q", "k", "v"}), strict=True):  # ACCURATE_LAYER, those tensors on 5
+        assert {t: setting.config.bits_of(t) for t in five} == dict.fromkeys(five, 5)
+        assert setting.config.replace(n_bits=4, tensor_bits=ACCURATE_LAYER.tensor_bits) == ACCURATE_LAYER
     cost = load_script("benchmarks/layer_cost.py")
-    assert set(cost.settings()) == {s.name for s in (*layer_accuracy.uniform_settings(), *techniques)}
+    assert set(cost.settings()) == {s.name for s in (*layer_accuracy.uniform_settings(), *techniques, *further)}
     with pytest.raises(SystemExit):
         cost.parse_args(["--max-tokens", "0"])

@@ -65,3 +65,25 @@ def test_plot_attention_heatmaps():
         plots.plot_attention_heatmaps(probs, probs[:4, :4])
     with pytest.raises(ValueError, match="4 tokens for a 5x5"):
         plots.plot_attention_heatmaps(probs, probs, list("abcd"))
+
+
+def test_plot_error_budget_sorts_the_losses_largest_on_top():
+    fig = plots.plot_error_budget(["x", "probs", "weights"], [0.92, 0.90, 0.99], reference_top1=0.998)
+    (ax,) = fig.axes
+    widths = [bar.get_width() for bar in ax.patches]
+    assert widths == pytest.approx([0.8, 7.8, 9.8])  # barh draws the first bar at the bottom
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["weights", "x", "probs"]
+    with pytest.raises(ValueError, match="one top-1 per label: 2 labels, 1 values"):
+        plots.plot_error_budget(["x", "q"], [0.9], 1.0)
+
+
+def test_plot_accuracy_against_cost_places_each_setting_and_the_target():
+    fig = plots.plot_accuracy_against_cost(["a", "b"], [0.67, 0.89], [1e12, 2.7e12], [6.4, 19.7], target=0.9)
+    (ax,) = fig.axes
+    np.testing.assert_allclose([c.get_offsets()[0] for c in ax.collections], [[1e12, 67], [2.7e12, 89]])
+    assert ax.get_xscale() == "log"
+    assert ax.lines[0].get_ydata()[0] == pytest.approx(90)  # the target's dashed line
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a (6 GB of keys)", "b (20 GB of keys)"]
+    assert "target 90 %" in [t.get_text() for t in ax.texts]
+    with pytest.raises(ValueError, match="2 labels, 1 top-1"):
+        plots.plot_accuracy_against_cost(["a", "b"], [0.5], [1e12, 2e12], [1, 2])
