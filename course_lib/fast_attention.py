@@ -160,15 +160,11 @@ class FastHead(QuantizedHead):
         #: Fitted at calibration; 0 otherwise.
         self.sum_drop_bits, self.sum_offset = 0, 0
 
-    @property
-    def sum_rounding(self) -> str:
-        return self.config.sum_rounding
-
     def _fit_sum_rounding(self, lowest: dict[str, int], highest: dict[str, int]) -> None:
         """With ``sum_rounding="sum"``: every product stays exact (:attr:`drop_bits` back to 0). Each score's sum
         drops the bits its products would have dropped, once; the weighted values' sums, the head's output,
         stay exact, for whoever reads them to round once (:class:`~course_lib.layer.QuantizedLayer`)."""
-        if self.sum_rounding != "sum":
+        if self.config.sum_rounding != "sum":
             return
         self.sum_drop_bits, self.drop_bits = self.drop_bits["scores"], dict.fromkeys(self.product_steps, 0)
         if self.sum_drop_bits:
