@@ -23,9 +23,9 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 # while: beside a second lane, or beside concrete's own threads, spinning threads take the cores the others need
 # (measured: the held-out perplexity test beside an encrypted run, 7 s instead of 16, and the run itself 57 s
 # instead of 70). concrete's runtime has its own OpenMP (LLVM's libomp), which this variable does not touch.
-test test-quick test-lane-long test-lane-rest unit nbval: export GOMP_SPINCOUNT := 0
+test test-browser test-quick test-lane-long test-lane-rest unit nbval: export GOMP_SPINCOUNT := 0
 
-.PHONY: lab test test-quick test-lane-long test-lane-rest setup kernel unit nbval notebooks lint train-model clean
+.PHONY: lab test test-browser test-quick test-lane-long test-lane-rest setup kernel unit nbval notebooks lint train-model clean
 
 # JupyterLab refuses to run as root unless told (containers, CI): say so only there.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
@@ -42,6 +42,9 @@ lab: setup
 LONG_NOTEBOOKS := notebooks/04_full_mha.ipynb
 OTHER_NOTEBOOKS := $(filter-out $(LONG_NOTEBOOKS),$(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb)))
 LONG_LANE_TESTS := tests/test_distributed.py
+# Notebooks 02 to 04 through JupyterLab in Chromium under the lighter settings: about 15 minutes, so `make test`
+# leaves them to `make test-browser` (.ci/run runs both; notebook 01's browser test stays in `make test`).
+BROWSER_NOTEBOOK_TESTS := tests/test_browser_notebooks.py
 LONG_LANE := $(LONG_NOTEBOOKS), then $(LONG_LANE_TESTS)
 REST_LANE := the other unit tests, then $(OTHER_NOTEBOOKS)
 
@@ -58,9 +61,14 @@ test-lane-long:
 
 test-lane-rest:
 	@start=$$(date +%s); status=0; \
-	$(MAKE) --no-print-directory unit UNIT_TESTS="tests $(addprefix --ignore=,$(LONG_LANE_TESTS))" || status=$$?; \
+	$(MAKE) --no-print-directory unit \
+		UNIT_TESTS="tests $(addprefix --ignore=,$(LONG_LANE_TESTS) $(BROWSER_NOTEBOOK_TESTS))" || status=$$?; \
 	$(MAKE) --no-print-directory nbval NBVAL_NOTEBOOKS="$(OTHER_NOTEBOOKS)" || status=$$?; \
 	echo "lane [$(REST_LANE)] took $$(( $$(date +%s) - start )) s"; exit $$status
+
+test-browser: setup
+	@start=$$(date +%s); status=0; $(VENV)/bin/pytest -q -p no:randomly $(BROWSER_NOTEBOOK_TESTS) || status=$$?; \
+	echo "make test-browser took $$(( $$(date +%s) - start )) s"; exit $$status
 
 # The venv is rebuilt when it is missing or its Python no longer runs (a moved or deleted interpreter),
 # and reinstalled only when requirements.txt or pyproject.toml changed since the last install.

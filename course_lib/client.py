@@ -52,6 +52,10 @@ from .transport import pack
 
 #: Seconds to wait for a server to answer a connection attempt (runs may take much longer).
 CONNECT_TIMEOUT = 3.0
+#: Seconds a request that carries a body may wait for the server to take its next bytes. urllib3 keeps the connect
+#: timeout on the socket while it sends the body, and a server busy for a few seconds (starting, or decompressing
+#: keys) would otherwise cut a gigabyte of evaluation keys short.
+SEND_TIMEOUT = 120.0
 
 
 class ServerError(RuntimeError):
@@ -267,8 +271,9 @@ class _Remote:
         if body is not None and self.keep_sent:
             self.sent.append(body)
         try:
+            connect = CONNECT_TIMEOUT if body is None else SEND_TIMEOUT
             response = requests.request(
-                route.method, self.url + route.path(**params), data=body, timeout=(CONNECT_TIMEOUT, None)
+                route.method, self.url + route.path(**params), data=body, timeout=(connect, None)
             )
         except requests.ConnectionError as error:
             raise ServerError(f"cannot reach the server at {self.url}: {error}") from None

@@ -8,6 +8,7 @@ displaying the returned object (make it a cell's last expression, or ``display(f
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -15,6 +16,9 @@ from matplotlib.figure import Figure
 
 from .error_analysis import MatmulError, RoundTripError
 from .quantization import QuantParams
+
+if TYPE_CHECKING:  # concrete is imported by the notebooks that compile, not by every figure
+    from .lookup_errors import LookupErrors
 
 # ---------------------------------------------------------------------- notebook 01: quantization
 
@@ -286,7 +290,7 @@ def plot_topk_agreement(
     for x, share, label in points:
         ax.plot([x], [100 * share], "*", color="black", markersize=13, label=label, zorder=5)
     ax.set_xticks(sorted(bits))
-    ax.set_xlabel("n_bits of the quantized head")
+    ax.set_xlabel("n_bits of the quantized activations")
     ax.set_ylabel("agreement with the float model (%)")
     ax.set_title(title or "Does the model still predict the float model's next token?")
     ax.grid(True, alpha=0.3)
@@ -341,7 +345,9 @@ def plot_attention_heatmaps(
 def plot_fhe_cost(
     n_bits: Sequence[int], pbs: Sequence[int], seconds: Sequence[float], *, measured: tuple[int, float] | None = None
 ) -> Figure:
-    """PBS count and run time of the encrypted head against ``n_bits``, side by side.
+    """Run time of the encrypted head against ``n_bits`` (log scale): estimated from the compiler's complexity,
+    with a real run as a star. The PBS counts go in the title when they are all equal (the shapes set them, not
+    the bits), next to each point otherwise.
 
     Args:
         n_bits: the activation bits of each compiled circuit.
@@ -349,29 +355,42 @@ def plot_fhe_cost(
         seconds: their run times (estimated from the compiler's complexity).
         measured: ``(n_bits, seconds)`` of a real encrypted run, drawn as a star.
     """
-    fig = Figure(figsize=(10, 3.4), layout="constrained")
-    left, right = fig.subplots(1, 2)
-    left.bar([str(b) for b in n_bits], pbs, color="tab:blue")
-    left.set(xlabel="n_bits", ylabel="PBS per run", title="PBS count: set by the shapes, not the bits")
-    for i, count in enumerate(pbs):
-        left.annotate(f"{count:,}", (i, count), ha="center", va="bottom", fontsize=9)
-    right.plot(n_bits, seconds, "o-", color="tab:red", label="estimated from the compiler's complexity")
+    n_bits, pbs, seconds = list(n_bits), [int(p) for p in pbs], list(seconds)  # Series are indexed by label
+    if not len(n_bits) == len(pbs) == len(seconds):
+        raise ValueError(f"one value per circuit: {len(n_bits)} n_bits, {len(pbs)} PBS counts, {len(seconds)} times")
+    fig = Figure(figsize=(6.5, 3.4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(n_bits, seconds, "o-", color="tab:red", label="estimated from the compiler's complexity")
     if measured is not None:
-        right.plot(*measured, "*", color="black", markersize=14, label="measured (encrypted run above)")
-    right.set(xlabel="n_bits", ylabel="seconds per run (2 cores)", title="run time: set by the bits", yscale="log")
-    right.legend(fontsize=8)
+        ax.plot(*measured, "*", color="black", markersize=14, label="measured (the encrypted run above)")
+    same_pbs = len(set(pbs)) == 1
+    if not same_pbs:
+        for b, count, value in zip(n_bits, pbs, seconds, strict=True):
+            ax.annotate(f"{count:,} PBS", (b, value), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    title = "run time: set by the bits" + (f" (the same {pbs[0]:,} PBS at every width)" if same_pbs else "")
+    ax.set(xlabel="n_bits", ylabel="seconds per run (2 cores)", title=title, yscale="log")
+    ax.set_xticks(list(n_bits))
+    ax.title.set_fontsize(10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
     return fig
 
 
 def plot_design_ladder(
-    labels: Sequence[str], pbs_per_step: Sequence[dict[str, int]], seconds: Sequence[float]
+    labels: Sequence[str],
+    pbs_per_step: Sequence[dict[str, int]],
+    seconds: Sequence[float],
+    *,
+    seconds_are: str = "estimated from the compiler's complexity",
 ) -> Figure:
     """PBS per step and run time of successive versions of the encrypted head (notebook 03, section 4).
 
     Args:
         labels: one name per version, from the first to the last.
         pbs_per_step: for each version, its PBS per step (``CircuitSummary.pbs_per_step``).
-        seconds: for each version, its run time on ciphertexts (measured or estimated).
+        seconds: for each version, its run time on ciphertexts.
+        seconds_are: how the run times were obtained, written under the panel's title ("measured", or how
+            they were estimated).
     """
     fig = Figure(figsize=(10, 0.7 * len(labels) + 1.6), layout="constrained")
     left, right = fig.subplots(1, 2, sharey=True)
@@ -391,7 +410,8 @@ def plot_design_ladder(
     right.barh(rows, seconds, color="tab:red")
     for row, value in zip(rows, seconds, strict=True):
         right.annotate(f" {value:,.0f} s", (value, row), va="center", fontsize=9)
-    right.set(xlabel="seconds per run on ciphertexts (2 cores)", title="run time")
+    right.set(xlabel="seconds per run on ciphertexts (2 cores)", title=f"run time, {seconds_are}")
+    right.title.set_fontsize(9)
     right.set_xlim(0, max(seconds) * 1.3)
     return fig
 
@@ -516,6 +536,28 @@ def plot_accuracy_against_cost(
         title="accuracy bought with cost: each point a setting of the layer",
     )
     ax.grid(True, alpha=0.3)
+    return fig
+
+
+def plot_lookup_errors(result: LookupErrors) -> Figure:
+    """Where the wrong lookups of a simulated table landed: the row below or above the right one, or outside
+    the table (a bar each, with its count), for one :class:`~course_lib.lookup_errors.LookupErrors`."""
+    from .lookup_errors import OUTSIDE
+
+    offsets = sorted(key for key in result.landed if key not in (0, OUTSIDE))
+    labels = [f"row {offset:+d}" for offset in offsets] + [OUTSIDE]
+    counts = [result.landed[offset] for offset in offsets] + [result.landed.get(OUTSIDE, 0)]
+    fig = Figure(figsize=(6.5, 3.2), layout="constrained")
+    ax = fig.subplots()
+    bars = ax.bar(labels, counts, color=["C0"] * len(offsets) + ["C3"])
+    ax.bar_label(bars, labels=[f"{count:,}" for count in counts], fontsize=9)
+    ax.set(
+        ylabel="wrong lookups",
+        title=f"measured in simulation: {result.wrong:,} of {result.lookups:,} lookups wrong "
+        f"at p_error = {result.p_error:.3g}",
+    )
+    ax.title.set_fontsize(10)
+    ax.grid(True, axis="y", alpha=0.3)
     return fig
 
 

@@ -15,6 +15,7 @@ A test carries ``fhe`` or ``keys`` through a decorator when its own body compile
 
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -144,10 +145,15 @@ def pytest_sessionfinish(session, exitstatus):
         keep_exit_status(int(exitstatus))
 
 
-def notebook_params(notebooks, pending: set[str], reason: str = "issue 23: re-told after issue 22") -> list:
-    """``notebooks`` as pytest parameters, those named in ``pending`` expected to fail (strictly: the test says so
-    as soon as one of them passes, so that the entry is removed)."""
-    return [
-        pytest.param(path, marks=pytest.mark.xfail(strict=True, reason=reason)) if path.name in pending else path
-        for path in notebooks
-    ]
+def assert_worked_solutions(exercises, data: dict[int, tuple], capsys) -> None:
+    """Each exercise of ``exercises`` (a ``course_lib.exercises`` module) shown with ``data[number]`` prints its
+    explanation, its reference code and its check passing; the next number is refused with the list of exercises."""
+    for number, args in data.items():
+        exercises.solution(number, *args)
+        shown = capsys.readouterr().out
+        assert f"**Exercise {number}.**" in shown
+        assert f"def {exercises.SOLUTIONS[number].reference.__name__}(" in shown
+        assert "Correct!" in shown and "Not quite" not in shown
+    numbers = sorted(exercises.SOLUTIONS)
+    with pytest.raises(ValueError, match=re.escape(f"the exercises are {numbers}")):
+        exercises.solution(max(numbers) + 1)

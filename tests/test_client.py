@@ -98,3 +98,57 @@ def test_unreachable_server_fails_fast(keyed):
     with pytest.raises(ServerError, match="cannot reach"):
         RemoteHead("http://127.0.0.1:9", keyed)
     assert time.monotonic() - start < 10
+
+
+def slow_reader(pause: float):
+    """A one-request HTTP server that waits ``pause`` seconds before reading a request, then answers a session id;
+    returns its URL and the list its thread appends the received body's length to."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    received = []
+
+    def serve():
+        connection, _ = listener.accept()
+        with connection, listener:
+            time.sleep(pause)  # busy: the client's upload fills the socket buffers and waits
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += connection.recv(1 << 16)
+            head, body = data.split(b"\r\n\r\n", 1)
+            length = next(
+                int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+            )
+            parts = [body]
+            while (size := sum(map(len, parts))) < length and (chunk := connection.recv(1 << 20)):
+                parts.append(chunk)
+            received.append(size)
+            answer = b'{"session": "s"}'
+            connection.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                + b"Content-Length: %d\r\n\r\n" % len(answer)
+                + answer
+            )
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", received
+
+
+def test_a_large_upload_waits_for_a_server_busy_for_longer_than_the_connect_timeout(monkeypatch):
+    import types
+
+    from course_lib import client
+
+    body = b"k" * (32 << 20)  # more than the socket buffers hold: the send blocks until the server reads
+    monkeypatch.setattr(client, "CONNECT_TIMEOUT", 0.3)
+    url, received = slow_reader(pause=1.5)
+    remote = types.SimpleNamespace(url=url, keep_sent=False, sent=[])
+    assert client._Remote._request(remote, OPEN_SESSION, body).json() == {"session": "s"}
+    assert received == [len(body)]
+    # the failure this guards against: the upload cut short when the send waits longer than its timeout
+    monkeypatch.setattr(client, "SEND_TIMEOUT", 0.3)
+    url, _ = slow_reader(pause=1.5)
+    with pytest.raises(ServerError, match="cannot reach the server"):
+        client._Remote._request(types.SimpleNamespace(url=url, keep_sent=False, sent=[]), OPEN_SESSION, body)

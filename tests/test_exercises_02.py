@@ -3,6 +3,7 @@ are rejected."""
 
 import numpy as np
 import pytest
+from conftest import assert_worked_solutions
 
 from course_lib.attention import HeadWeights, QuantizedHead
 from course_lib.dual_array import DualArray
@@ -137,6 +138,43 @@ def test_ex2_wrong_answers_are_rejected_with_a_hint(answer, target, hint):
     assert hint in feedback.message
 
 
+OTHER_HEAD = sweep({2: 0.70, 3: 0.71, 4: 0.84, 5: 0.92, 6: 0.96, 7: 0.978, 8: 0.989, 9: 0.995})
+
+
+def test_ex2_other_head_feedback():
+    assert ex.feedback_other_head_n_bits(9, OTHER_HEAD, RESULTS).correct
+    assert "Head 0 needs 5" in ex.feedback_other_head_n_bits(9, OTHER_HEAD, RESULTS).message
+    assert "head 0's answer" in ex.feedback_other_head_n_bits(5, OTHER_HEAD, RESULTS).message
+    assert "more bits are needed" in ex.feedback_other_head_n_bits(8, OTHER_HEAD, RESULTS).message
+    assert ex.feedback_other_head_n_bits(None, [], RESULTS).status == "not attempted"
+
+
+def test_ex2_check_sweeps_only_when_answered(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(ex, "sweep_other_head", lambda *args: calls.append(args) or OTHER_HEAD)
+    ex.check_other_head_n_bits(None, RESULTS, "model", "tokenizer", "passages", "prompts", "reference")
+    assert calls == [] and "Not attempted" in capsys.readouterr().out
+    ex.check_other_head_n_bits(9, RESULTS, "model", "tokenizer", "passages", "prompts", "reference")
+    assert len(calls) == 1 and "Correct!" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ex2_reference_solution_sweeps_the_other_head_of_the_bundled_model():
+    from course_lib.data import load_calibration_prompts, load_evaluation_passages
+    from course_lib.evaluation import float_top1
+    from course_lib.models import load_model, load_tokenizer
+
+    model, tokenizer = load_model("course-gpt2"), load_tokenizer("course-gpt2")
+    passages, prompts = load_evaluation_passages(12), load_calibration_prompts()
+    reference = float_top1(model, tokenizer, passages)
+    results = ex.sweep_other_head(model, tokenizer, passages, prompts, reference)
+    assert [r.n_bits for r in results] == list(ex.EX2_N_BITS)
+    assert ex.sweep_other_head(model, tokenizer, passages, prompts, reference) is results  # swept once
+    answer = ex.solution_other_head_n_bits(model, tokenizer, passages, prompts, reference)
+    assert answer == ex.solution_smallest_n_bits_for_agreement(results)
+    assert ex.feedback_other_head_n_bits(answer, results, results).correct
+
+
 # ---------------------------------------------------------------------- exercise 3: the step with the largest error
 
 
@@ -174,7 +212,6 @@ def test_ex3_wrong_answers_are_rejected_with_a_hint(steps):
 def test_checks_print_not_attempted_then_correct(steps, capsys):
     for check, args, solution in [
         (ex.check_lookup_count, (), ex.solution_lookup_count),
-        (ex.check_smallest_n_bits_for_agreement, (RESULTS,), ex.solution_smallest_n_bits_for_agreement(RESULTS)),
         (ex.check_largest_error_step, (steps,), ex.solution_largest_error_step(steps)),
     ]:
         check(None, *args)
@@ -199,14 +236,10 @@ def test_none_is_not_attempted_never_wrong(feedback_fn, args):
 
 
 # ---------------------------------------------------------------------- the worked solutions, on request
-def test_each_worked_solution_shows_its_reasoning_code_and_passing_check(steps, capsys):
-    for number, data in ((1, (5, 8, ex.solution_lookup_count(5, 8))), (2, (RESULTS,)), (3, (steps,))):
-        ex.solution(number, *data)
-        shown = capsys.readouterr().out
-        assert f"**Exercise {number}.**" in shown
-        assert f"def {ex.SOLUTIONS[number].reference.__name__}(" in shown
-        assert "Correct!" in shown and "Not quite" not in shown
+def test_each_worked_solution_shows_its_reasoning_code_and_passing_check(steps, capsys, monkeypatch):
+    swept = {}
+    monkeypatch.setattr(ex, "sweep_other_head", lambda *args: swept.setdefault("results", OTHER_HEAD))
+    data_2 = (RESULTS, "model", "tokenizer", "passages", "prompts", "reference")
+    assert_worked_solutions(ex, {1: (5, 8, ex.solution_lookup_count(5, 8)), 2: data_2, 3: (steps,)}, capsys)
     ex.solution(1)  # the comparison with the prompt's count is optional
     assert "Correct!" in capsys.readouterr().out
-    with pytest.raises(ValueError, match=r"the exercises are \[1, 2, 3\]"):
-        ex.solution(4)

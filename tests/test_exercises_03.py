@@ -4,14 +4,18 @@ wrong answers get hints."""
 import numpy as np
 import pytest
 from circuits import never_run
+from conftest import assert_worked_solutions
 
 from course_lib.attention import HeadWeights, QuantizedHead
+from course_lib.exercises import nb03 as ex
 from course_lib.exercises.nb03 import (
+    EX3_LEARNERS,
+    EX3_TOKENS,
+    feedback_any_wrong_run,
     feedback_ciphertext_bytes,
-    feedback_costliest_step,
     feedback_pbs_count,
+    solution_any_wrong_run,
     solution_ciphertext_bytes,
-    solution_costliest_step,
     solution_pbs_count,
 )
 from course_lib.fhe import HeadCircuit
@@ -64,15 +68,27 @@ def test_ciphertext_bytes(circuits):
     assert not feedback_ciphertext_bytes(expected / 2, summary, 4).correct
 
 
-def test_costliest_step(circuits):
-    summary = circuits[4, 8].summary()
-    best = solution_costliest_step(summary)
-    assert summary.pbs_per_step[best] == max(summary.pbs_per_step.values())
-    assert feedback_costliest_step(best, summary).correct
-    assert feedback_costliest_step(None, summary).status == "not attempted"
-    assert "not a step" in feedback_costliest_step("attention", summary).message
-    other = next(step for step in summary.pbs_per_step if step != best)
-    assert not feedback_costliest_step(other, summary).correct
+def test_any_wrong_run_is_one_minus_all_right_and_hints_the_slips():
+    p, runs = 1e-5, EX3_LEARNERS * EX3_TOKENS
+    expected = solution_any_wrong_run(p, runs)
+    assert expected == pytest.approx(1 - (1 - p) ** runs, rel=1e-9)
+    assert solution_any_wrong_run(0.5, 2) == pytest.approx(0.75)
+    assert feedback_any_wrong_run(expected, p, runs).correct
+    assert feedback_any_wrong_run(runs * p, p, runs).correct  # the union bound, within 1 % while n p is small
+    assert feedback_any_wrong_run(None, p, runs).status == "not attempted"
+    assert "one run" in feedback_any_wrong_run(p, p, runs).message
+    assert "one learner" in feedback_any_wrong_run(solution_any_wrong_run(p, EX3_TOKENS), p, runs).message
+    assert "went right" in feedback_any_wrong_run((1 - p) ** runs, p, runs).message
+    assert "not a probability" in feedback_any_wrong_run(1.5, p, runs).message
+    assert "a probability" in feedback_any_wrong_run("0.006", p, runs).message
+    assert not feedback_any_wrong_run(expected * 2, p, runs).correct
+    assert not feedback_any_wrong_run(0.01, 0.5, 2).correct
+
+
+def test_each_worked_solution_shows_its_reasoning_code_and_passing_check(circuits, capsys):
+    summary = circuits[3, 4].summary()
+    counts = {(t, d): circuit.summary().pbs_count for (t, d), circuit in circuits.items()}
+    assert_worked_solutions(ex, {1: (counts,), 2: (summary, 4), 3: (1e-5,), 4: ()}, capsys)
 
 
 @pytest.mark.fhe

@@ -4,6 +4,7 @@ generate), slips get hints."""
 import numpy as np
 import pytest
 from circuits import never_run
+from conftest import assert_worked_solutions
 
 from course_lib.attention import HeadWeights
 from course_lib.exercises.nb03 import solution_fast_pbs_count
@@ -96,3 +97,10 @@ def test_cluster_seconds_and_its_hints():
     assert "twice" in feedback_cluster_seconds(0.5, 10_000, 0.01, 200).message
     assert feedback_cluster_seconds(None, 10_000, 0.01, 200).status == "not attempted"
     assert "number" in feedback_cluster_seconds("1", 10_000, 0.01, 200).message
+
+
+def test_each_worked_solution_shows_its_reasoning_code_and_passing_check(capsys):
+    from course_lib.exercises import nb04 as ex
+
+    counts = {(4, 4, 32): solution_full_attention_pbs(4, 4, 32)}
+    assert_worked_solutions(ex, {1: (counts,), 2: (), 3: (0.03,)}, capsys)

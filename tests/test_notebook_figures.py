@@ -46,6 +46,8 @@ CITED: dict[str, dict[str, str]] = {
         "93.18%": "benchmarks/results/attention_fhe.json: the fast head's top1 on all 571 held-out passages",
         "94.29%": "benchmarks/results/single_head_topk.json: the exact published head at 4 bits, all 571 passages",
         "41%": "4.10e+11 / 2.91e+11 - 1: the complexities of the projection table's last and first rows",
+        "11,622": "the blog post's PBS of one GPT-2 head at 6 tokens (https://huggingface.co/blog/encrypted-llm), "
+        "course_lib.published",
     },
     "04_full_mha.ipynb": {
         "13.5 GB": "benchmarks/results/notebook_memory.json: 04_full_mha.ipynb, peak_mb 13,525",
@@ -54,7 +56,6 @@ CITED: dict[str, dict[str, str]] = {
         "770": "benchmarks/results/attention_fhe.json: layer[0].pbs_per_step, step 1",
         "1,440": "benchmarks/results/attention_fhe.json: layer[0].pbs_per_step, step 2",
         "1,712": "benchmarks/results/attention_fhe.json: layer[0].pbs_per_step, step 3",
-        "2.20e12": "benchmarks/results/attention_fhe.json: layer[0].complexity",
         "2.7": "(2,434 + 4,000 + 4,272) / (770 + 1,440 + 1,712): section 3's printed PBS over attention_fhe.json's",
         "3.2": "the section 4 table's 16-token row: published over fast (attention_cost_model.json)",
         "11,622": "the published PBS of one GPT-2 head at 6 tokens, attention_cost_model.json published_gpt2_pbs_at_6",

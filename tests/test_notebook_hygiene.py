@@ -8,7 +8,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import notebook_params
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -82,15 +81,7 @@ def test_the_images_the_notebooks_show_exist():
                         assert (path.parent / target).resolve().is_file(), (path.name, target)
 
 
-#: Notebooks whose solutions still sit under their exercises (issue 23: re-told after the layer-accuracy work).
-SOLUTIONS_SHOWN = {"03_compile_fhe.ipynb", "04_full_mha.ipynb"}
-
-
-@pytest.mark.parametrize(
-    "path",
-    notebook_params(NOTEBOOKS, SOLUTIONS_SHOWN),
-    ids=lambda p: p.name,
-)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_worked_solutions_are_hidden_until_asked_for(path):
     """No solution is written under its exercise: each exercise has a cell that shows the worked solution only
     once the learner sets its ``show_solution_N`` to True, and it is committed without output."""

@@ -87,3 +87,40 @@ def test_plot_accuracy_against_cost_places_each_setting_and_the_target():
     assert "target 90 %" in [t.get_text() for t in ax.texts]
     with pytest.raises(ValueError, match="2 labels, 1 top-1"):
         plots.plot_accuracy_against_cost(["a", "b"], [0.5], [1e12, 2e12], [1, 2])
+
+
+def test_plot_lookup_errors_draws_one_bar_per_place_a_wrong_lookup_landed():
+    from course_lib.lookup_errors import OUTSIDE, LookupErrors
+
+    result = LookupErrors(p_error=0.1, complexity=1.0, lookups=1_000, landed={0: 900, -1: 40, 1: 50, OUTSIDE: 10})
+    (ax,) = plots.plot_lookup_errors(result).axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["row -1", "row +1", OUTSIDE]
+    assert [p.get_height() for p in ax.patches] == [40, 50, 10]
+    assert "100 of 1,000" in ax.get_title()
+
+
+def test_plot_fhe_cost_says_once_that_the_pbs_do_not_change_with_the_bits():
+    (ax,) = plots.plot_fhe_cost([3, 4, 5], [1448, 1448, 1448], [20.0, 40.0, 100.0], measured=(4, 42.0)).axes
+    assert "the same 1,448 PBS at every width" in ax.get_title()
+    assert [t.get_text() for t in ax.texts] == []  # no per-point counts when they are all equal
+    assert [line.get_label() for line in ax.get_lines()] == [
+        "estimated from the compiler's complexity",
+        "measured (the encrypted run above)",
+    ]
+    import pandas as pd
+
+    costs = pd.DataFrame({"PBS": [1000, 1200], "s": [20.0, 40.0]}, index=pd.Index([3, 4], name="n_bits"))
+    (ax,) = plots.plot_fhe_cost(costs.index, costs["PBS"], costs["s"]).axes  # Series indexed by n_bits, as notebook 03
+    assert [t.get_text() for t in ax.texts] == ["1,000 PBS", "1,200 PBS"]
+    with pytest.raises(ValueError, match="one value per circuit"):
+        plots.plot_fhe_cost([3, 4], [1000], [20.0, 40.0])
+
+
+def test_plot_design_ladder_says_how_its_run_times_were_obtained():
+    steps = [{"scores": 10, "mix": 5}, {"scores": 4, "mix": 2}]
+    left, right = plots.plot_design_ladder(["a", "b"], steps, [30.0, 10.0]).axes
+    assert right.get_title() == "run time, estimated from the compiler's complexity"
+    assert plots.plot_design_ladder(["a", "b"], steps, [30.0, 10.0], seconds_are="measured").axes[1].get_title() == (
+        "run time, measured"
+    )
+    assert [t.get_text() for t in left.texts] == [" 15", " 6"]

@@ -2,16 +2,20 @@
 
 1. :func:`check_pbs_count`: how many programmable bootstraps the encrypted part makes.
 2. :func:`check_ciphertext_bytes`: how many bytes one encrypted integer weighs.
-3. :func:`check_costliest_step`: which step of the head pays for most of the PBS.
+3. :func:`check_any_wrong_run`: the chance that at least one of many encrypted runs went wrong, from ``global_p_error``.
 4. :func:`check_fast_pbs_count`: the same count as exercise 1, for the fast head of section 4.
+
+:func:`solution` shows an exercise's worked solution, when the learner asks for it.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..fhe import CircuitSummary
-from . import Feedback, correct, judge_formula, not_attempted, wrong
+from . import Feedback, Solution, correct, judge_formula, not_attempted, show_solution, wrong
 
 # ---------------------------------------------------------------------- exercise 1
 #: (tokens T, head dimension d) pairs on which an answer to exercise 1 is checked.
@@ -101,33 +105,52 @@ def check_ciphertext_bytes(answer: object, summary: CircuitSummary, head_dim: in
 
 
 # ---------------------------------------------------------------------- exercise 3
-def solution_costliest_step(summary: CircuitSummary) -> str:
-    """The step with the most PBS in ``summary.pbs_per_step``."""
-    return max(summary.pbs_per_step, key=summary.pbs_per_step.get)
+#: Exercise 3's workshop: learners, and tokens each generates (one run of the head per token).
+EX3_LEARNERS, EX3_TOKENS = 30, 20
 
 
-def feedback_costliest_step(answer: object, summary: CircuitSummary) -> Feedback:
-    """Judge ``answer``: the name of the step (a key of ``pbs_per_step``) with the most PBS."""
+def solution_any_wrong_run(global_p_error: float, runs: int) -> float:
+    """The probability that at least one of ``runs`` independent runs has a wrong PBS, when each has one with
+    probability at most ``global_p_error``: ``1 - (1 - p) ** runs`` (an upper bound, as ``p`` is)."""
+    return -math.expm1(runs * math.log1p(-global_p_error))
+
+
+def feedback_any_wrong_run(answer: object, global_p_error: float, runs: int) -> Feedback:
+    """Judge ``answer``: the probability that any of ``runs`` runs went wrong (within 1%)."""
     if answer is None:
-        return not_attempted("set `costliest` to a step name, one of " + ", ".join(map(repr, summary.pbs_per_step)))
-    if not isinstance(answer, str) or answer not in summary.pbs_per_step:
-        return wrong(f"{answer!r} is not a step; the steps are " + ", ".join(map(repr, summary.pbs_per_step)) + ".")
-    expected = solution_costliest_step(summary)
-    if answer == expected:
-        share = summary.pbs_per_step[expected] / summary.pbs_count
+        return not_attempted("set `p_any_wrong` to a probability, a number from 0 to 1.")
+    if isinstance(answer, bool) or not isinstance(answer, int | float | np.integer | np.floating):
+        return wrong(f"give a probability, a number from 0 to 1, got {type(answer).__name__}.")
+    if not 0 <= answer <= 1:
+        return wrong(f"{answer:g} is not a probability: it must lie between 0 and 1.")
+    expected = solution_any_wrong_run(global_p_error, runs)
+
+    def near(value: float) -> bool:
+        return abs(answer - value) <= 0.01 * value
+
+    if near(expected):
+        union = runs * global_p_error
         return correct(
-            f"{share:.0%} of the PBS: its products of two ciphertexts, one or two lookups for every pair of "
-            "tokens and every one of the head_dim dimensions."
+            f"{expected:.3g}: about one workshop in {1 / expected:,.0f} sees a wrong value somewhere. While "
+            f"runs x p is small, 1 - (1 - p)^runs is close to runs x p ({union:.3g}), the union bound; p is itself a "
+            "bound, so this is the most it can be."
         )
+    if near(global_p_error):
+        return wrong("that is one run; the workshop makes many, each with its own chance to go wrong.")
+    for part, count in (("one learner's", EX3_TOKENS), ("one token's", EX3_LEARNERS)):
+        if count != runs and near(solution_any_wrong_run(global_p_error, count)):
+            return wrong(f"that counts {part} runs only: count every run of the workshop.")
+    if near(1 - global_p_error) or near((1 - global_p_error) ** runs):
+        return wrong("that is the chance that everything went right; the question asks for the opposite.")
     return wrong(
-        f"{answer!r} makes {summary.pbs_per_step[answer]:,} PBS; look for the step with the most "
-        "(the softmax has many lookups, but each on one value per score, not per score and dimension)."
+        f"{answer:.3g} is not it: each run goes right with probability 1 - p, independently; what is the chance "
+        "that all of them go right, and what is left?"
     )
 
 
-def check_costliest_step(answer: object, summary: CircuitSummary) -> None:
+def check_any_wrong_run(answer: object, global_p_error: float, runs: int) -> None:
     """Print the feedback on exercise 3."""
-    print(feedback_costliest_step(answer, summary))
+    print(feedback_any_wrong_run(answer, global_p_error, runs))
 
 
 # ---------------------------------------------------------------------- exercise 4
@@ -174,3 +197,74 @@ def feedback_fast_pbs_count(answer: object, compiled: dict[tuple[int, int], int]
 def check_fast_pbs_count(answer: object, compiled: dict[tuple[int, int], int] | None = None) -> None:
     """Print the feedback on exercise 4."""
     print(feedback_fast_pbs_count(answer, compiled))
+
+
+# ---------------------------------------------------------------------- worked solutions
+def _check_pbs_count_and_compare(compiled: dict[tuple[int, int], int] | None = None) -> None:
+    check_pbs_count(solution_pbs_count, compiled)
+    print(f"GPT-2's head shape (head_dim 64) at 6 tokens: {solution_pbs_count(6, 64):,} PBS")
+
+
+def _check_ciphertext_bytes_and_show(summary: CircuitSummary, head_dim: int) -> None:
+    answer = solution_ciphertext_bytes(summary, head_dim)
+    check_ciphertext_bytes(answer, summary, head_dim)
+    print(f"{answer:,.0f} bytes = {answer / 8:,.0f} 64-bit integers for {summary.n_bits} bits of message")
+
+
+def _check_any_wrong_run(global_p_error: float) -> None:
+    runs = EX3_LEARNERS * EX3_TOKENS
+    check_any_wrong_run(solution_any_wrong_run(global_p_error, runs), global_p_error, runs)
+
+
+def _check_fast_pbs_count_and_compare(compiled: dict[tuple[int, int], int] | None = None) -> None:
+    check_fast_pbs_count(solution_fast_pbs_count, compiled)
+    for tokens in (4, 6, 16):
+        fast, published = solution_fast_pbs_count(tokens, 64), solution_pbs_count(tokens, 64)
+        print(
+            f"GPT-2's head shape (head_dim 64) at {tokens:>2} tokens: fast {fast:>7,} PBS, "
+            f"published construction {published:>7,}"
+        )
+
+
+SOLUTIONS: dict[int, Solution] = {
+    1: Solution(
+        r"""**Exercise 1.** Scores: $2T^2d$ for the products and $T^2$ for their requantization. Softmax: $T(T-1)$
+for the row max chains, $T^2$ for exp, $T$ for the reciprocals of the row sums, $2T^2$ for the products
+exp × (1/sum), $T^2$ for probs. Mix: $2T^2d$ for the products, $Td$ for the output. In all $4T^2d + 6T^2 + Td$.
+At GPT-2's head shape and 6 tokens this is fewer than the post's 11,622: the post's count includes the projections
+of $q$, $k$, $v$, which this circuit leaves to the client.""",
+        solution_pbs_count,
+        _check_pbs_count_and_compare,
+    ),
+    2: Solution(
+        r"""**Exercise 2.** Divide the input's size by the number of integers in it, $3 \cdot T \cdot d$. Each
+4-bit number travels as an LWE ciphertext: a vector of thousands of 64-bit integers. That blow-up, thousands of
+times the plaintext, is why FHE traffic is counted in megabytes.""",
+        solution_ciphertext_bytes,
+        _check_ciphertext_bytes_and_show,
+    ),
+    3: Solution(
+        r"""**Exercise 3.** Each run goes right with probability at least $1 - p$, independently of the others, so
+all $n$ runs go right with probability at least $(1 - p)^n$, and at least one goes wrong with probability at most
+$1 - (1 - p)^n \approx n p$ while $n p$ is small. A service answering millions of requests needs a smaller $p$,
+bought with larger parameters (section 6 measured the price of a larger one), or an output that tolerates an
+occasional wrong lookup, as a next-token choice mostly does.""",
+        solution_any_wrong_run,
+        _check_any_wrong_run,
+    ),
+    4: Solution(
+        r"""**Exercise 4.** With $P = T(T+1)/2$ pairs. Scores: $Td$ squares of $q$, $Td$ of $k$, $Pd$ lookups
+$(q+k)^2$. Softmax: $T(T-1)/2$ for the max chains (row $i$ has $i$ steps), $P$ exps, $T$ logs, $P$ exps. Mix: $P$
+squares of probabilities, $Td$ squares of $v$, $Pd$ lookups $(p+v)^2$. In all $2Pd + 3Td + 3P + T + T(T-1)/2$,
+against $4T^2d + 6T^2 + Td$: for long sequences $2Pd \approx T^2 d$, a quarter of the published count.""",
+        solution_fast_pbs_count,
+        _check_fast_pbs_count_and_compare,
+    ),
+}
+
+
+def solution(number: int, *data: object) -> None:
+    """Show the worked solution of exercise ``number`` of notebook 03, and its check passing: exercise 1 takes
+    optionally the compiler's counts (as its check does), exercise 2 ``(summary, head_dim)``, exercise 3 the
+    circuit's ``global_p_error``, exercise 4 optionally the compiler's counts."""
+    show_solution(SOLUTIONS, number, *data)

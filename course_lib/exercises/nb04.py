@@ -3,13 +3,15 @@
 1. :func:`check_full_attention_pbs`: the PBS count of every head of a layer together.
 2. :func:`check_step_pbs`: the PBS count of one step of the whole layer (the new token, the cache on the server).
 3. :func:`check_cluster_seconds`: the time of a GPT-2-sized encrypted layer on a big machine, on paper.
+
+:func:`solution` shows an exercise's worked solution, when the learner asks for it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import Feedback, correct, judge_formula, not_attempted, wrong
+from . import Feedback, Solution, correct, judge_formula, not_attempted, show_solution, wrong
 from .nb03 import solution_fast_pbs_count
 
 # ---------------------------------------------------------------------- exercise 1
@@ -155,3 +157,62 @@ def feedback_cluster_seconds(answer: object, pbs: int, seconds_per_pbs: float, c
 def check_cluster_seconds(answer: object, pbs: int, seconds_per_pbs: float, cores: int) -> None:
     """Print the feedback on exercise 3."""
     print(feedback_cluster_seconds(answer, pbs, seconds_per_pbs, cores))
+
+
+# ---------------------------------------------------------------------- worked solutions
+#: Exercise 3's question: GPT-2's first layer (12 heads of 64) at 8 tokens on 196 cores.
+EX3_TOKENS, EX3_HEADS, EX3_HEAD_DIM, EX3_CORES = 8, 12, 64, 196
+
+
+def _check_full_attention_pbs_and_show(compiled: dict[tuple[int, int, int], int] | None = None) -> None:
+    check_full_attention_pbs(solution_full_attention_pbs, compiled)
+    print(f"GPT-2's first layer (12 heads of 64) at 8 tokens: {solution_full_attention_pbs(8, 12, 64):,} PBS")
+
+
+def _check_step_pbs_and_compare(compiled: dict[tuple[int, int, int], int] | None = None) -> None:
+    check_step_pbs(solution_step_pbs, compiled)
+    for tokens in (8, 16):
+        print(
+            f"at {tokens} tokens, GPT-2's first layer: a step {solution_step_pbs(tokens, 12, 64):,} PBS, "
+            f"the full attention of every token {solution_full_attention_pbs(tokens, 12, 64):,}"
+        )
+
+
+def _check_cluster_seconds_and_show(seconds_per_pbs: float) -> None:
+    pbs = solution_full_attention_pbs(EX3_TOKENS, EX3_HEADS, EX3_HEAD_DIM)
+    answer = solution_cluster_seconds(pbs, seconds_per_pbs, EX3_CORES)
+    check_cluster_seconds(answer, pbs, seconds_per_pbs, EX3_CORES)
+    print(f"{pbs:,} PBS: about {answer:.0f} s on {EX3_CORES} cores, {answer * EX3_CORES / 2 / 60:.0f} minutes on 2")
+
+
+SOLUTIONS: dict[int, Solution] = {
+    1: Solution(
+        r"""**Exercise 1.** The heads are independent circuits side by side: $n_\text{head}$ times one fast head,
+$n_\text{head}\,(2Pd + 3Td + 3P + T + T(T-1)/2)$ with $P = T(T+1)/2$.""",
+        solution_full_attention_pbs,
+        _check_full_attention_pbs_and_show,
+    ),
+    2: Solution(
+        r"""**Exercise 2.** Per head, for the new token only: its $q$, $k$, $v$ requantized after `c_attn` ($3d$),
+the squares of its $k$ and $v$ for the cache ($2d$), the squares of its query ($d$), one lookup per product, $Td$
+for the scores and $Td$ for the weighted values, for the softmax of its one row a max chain ($T-1$), `exp` ($T$),
+the log of the sum (1), `exp` again ($T$) and the squares of the $T$ probabilities, and its output requantized for
+`c_proj` ($d$): $n_\text{head}\,(2Td + 7d + 4T)$. Linear in $T$, where a pass over the whole sequence is
+quadratic; and the earlier tokens' squares are never looked up again.""",
+        solution_step_pbs,
+        _check_step_pbs_and_compare,
+    ),
+    3: Solution(
+        r"""**Exercise 3.** PBS count times the time of one PBS, measured with 2 cores busy, shared among 196 cores
+instead of 2. (At 4-bit activations GPT-2's wider heads would need a little more precision per PBS than ours: take
+it as a lower bound.)""",
+        solution_cluster_seconds,
+        _check_cluster_seconds_and_show,
+    ),
+}
+
+
+def solution(number: int, *data: object) -> None:
+    """Show the worked solution of exercise ``number`` of notebook 04, and its check passing: exercises 1 and 2
+    take optionally the compiler's counts (as their checks do), exercise 3 the benchmark's seconds per PBS."""
+    show_solution(SOLUTIONS, number, *data)
