@@ -148,26 +148,28 @@ def solution_smallest_n_bits_for_agreement(results: Sequence[Agreement], target:
 EX2_HEAD = 1
 #: The bit widths of exercise 2's sweep, those of section 6.
 EX2_N_BITS = tuple(range(2, 11))
-_swept: dict[tuple[int, int, int], list[Agreement]] = {}
+_swept: list[tuple[object, object, object, list[Agreement]]] = []  # (model, passages, reference, their sweep)
 
 
 def sweep_other_head(model, tokenizer, passages, calibration_prompts, reference) -> list[Agreement]:
     """Section 6's sweep for head :data:`EX2_HEAD` of layer 0, kept for the next call with the same model, passages
-    and reference objects (a check run twice waits once)."""
-    key = (id(model), id(passages), id(reference))
-    if key not in _swept:
-        _swept[key] = sweep_topk_agreement(
-            model,
-            tokenizer,
-            passages,
-            calibration_prompts,
-            EX2_N_BITS,
-            layer=0,
-            head=EX2_HEAD,
-            progress=False,
-            reference=reference,
-        )
-    return _swept[key]
+    and reference objects (a check run twice waits once; the objects are kept too, so they are the same ones)."""
+    for kept_model, kept_passages, kept_reference, results in _swept:
+        if kept_model is model and kept_passages is passages and kept_reference is reference:
+            return results
+    results = sweep_topk_agreement(
+        model,
+        tokenizer,
+        passages,
+        calibration_prompts,
+        EX2_N_BITS,
+        layer=0,
+        head=EX2_HEAD,
+        progress=False,
+        reference=reference,
+    )
+    _swept[:] = [(model, passages, reference, results)]
+    return results
 
 
 def feedback_other_head_n_bits(
