@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "length": args.length,
         "heads": len(circuits),
+        "runs_per_cluster": args.runs,
         "pbs": pbs,
         "compile_seconds": compile_seconds,
         "sequential_seconds": sequential_seconds,

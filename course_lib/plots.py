@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from .error_analysis import MatmulError, RoundTripError
 from .quantization import QuantParams
@@ -253,6 +254,7 @@ def plot_topk_agreement(
     points: Sequence[tuple[float, float, str]] = (),
     baseline=None,
     title: str | None = None,
+    ks: Sequence[int] | None = None,
 ) -> Figure:
     """Top-k agreement with the float model against n_bits, one line per k.
 
@@ -264,26 +266,30 @@ def plot_topk_agreement(
         baseline: an Agreement drawn as dotted horizontal lines, one per k (e.g. the head removed,
             from :func:`course_lib.evaluation.head_removed_agreement`).
         title: the figure's title.
+        ks: the k to draw (default: every k the results hold).
     """
     if not results:
         raise ValueError("plot_topk_agreement needs at least one result")
+    if ks is not None:
+        missing = sorted(set(ks) - set(results[0].agreement))
+        if missing or not ks:
+            raise ValueError(f"ks must be some of the results' k {sorted(results[0].agreement)}, got {list(ks)}")
     fig = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
     sets = [(results, "-", "o", labels[0])]
     if compare:
         sets.append((compare, "--", "s", labels[1]))
     bits: set[int] = set()
+    drawn = sorted(ks) if ks is not None else sorted(results[0].agreement)
     for series, style, marker, suffix in sets:
-        ks = sorted(series[0].agreement)
         xs = [r.n_bits for r in series]
         bits.update(xs)
-        for i, k in enumerate(ks):
+        for i, k in enumerate(drawn):
             label = f"top-{k}" + (f" ({suffix})" if suffix else "")
             ys = [100 * r.agreement[k] for r in series]
             ax.plot(xs, ys, linestyle=style, marker=marker, color=f"C{i}", label=label)
     if baseline is not None:
-        ks = sorted(results[0].agreement)
-        for i, k in enumerate(ks):
+        for i, k in enumerate(drawn):
             if k in baseline.agreement:
                 share = 100 * baseline.agreement[k]
                 ax.axhline(share, linestyle=":", linewidth=1.5, color=f"C{i}", label=f"top-{k}, head removed")
@@ -490,50 +496,61 @@ def plot_error_budget(labels: Sequence[str], top1: Sequence[float], reference_to
     return fig
 
 
-def plot_accuracy_against_cost(
+def plot_accuracy_against_keys(
     labels: Sequence[str],
     top1: Sequence[float],
-    complexity: Sequence[float],
     key_gigabytes: Sequence[float],
     *,
     target: float | None = None,
+    memory_gigabytes: float | None = None,
 ) -> Figure:
-    """Top-1 agreement of quantized layers against what their circuit costs (the compiler's complexity, log scale),
-    one marker per setting, its area growing with the evaluation keys' size, named with that size in the legend.
+    """Top-1 agreement of quantized layers against the size of their evaluation keys, one named point per setting.
 
     Args:
-        labels: one name per setting.
+        labels: one name per setting (in the legend).
         top1: each setting's top-1 agreement with the float model, from 0 to 1.
-        complexity: each setting's circuit complexity (concrete's cost estimate).
-        key_gigabytes: each setting's evaluation keys, in GB before compression.
-        target: a top-1 to draw as a dashed line.
+        key_gigabytes: each setting's evaluation keys, in GB before compression (as the server holds them).
+        target: a top-1 to draw as a dashed horizontal line.
+        memory_gigabytes: a memory size to draw as a dotted vertical line (keys to its right do not fit).
     """
-    if not len(labels) == len(top1) == len(complexity) == len(key_gigabytes):
+    if not len(labels) == len(top1) == len(key_gigabytes):
         raise ValueError(
-            f"one value per setting: {len(labels)} labels, {len(top1)} top-1, {len(complexity)} complexities, "
-            f"{len(key_gigabytes)} key sizes"
+            f"one value per setting: {len(labels)} labels, {len(top1)} top-1, {len(key_gigabytes)} key sizes"
         )
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     ax = fig.subplots()
-    for i, (label, t, c, k) in enumerate(zip(labels, top1, complexity, key_gigabytes, strict=True)):
-        ax.scatter([c], [100 * t], s=30 + 4 * k, color=f"C{i}", zorder=3, label=f"{label} ({k:.0f} GB of keys)")
+    for i, (label, t, k) in enumerate(zip(labels, top1, key_gigabytes, strict=True)):
+        ax.scatter([k], [100 * t], s=45, color=f"C{i}", zorder=3, label=label)
     if target is not None:
         ax.axhline(100 * target, color="gray", linestyle="--", linewidth=1)
         ax.annotate(
             f"target {100 * target:.0f} %",
-            (min(complexity), 100 * target),
+            (min(key_gigabytes), 100 * target),
             textcoords="offset points",
             xytext=(0, 4),
             fontsize=8,
             color="gray",
         )
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), title="setting (marker area: keys)")
+    if memory_gigabytes is not None:
+        ax.axvline(memory_gigabytes, color="C3", linestyle=":", linewidth=1.5)
+        ax.annotate(
+            f"{memory_gigabytes:.0f} GB of memory",
+            (memory_gigabytes, min(100 * t for t in top1)),
+            textcoords="offset points",
+            xytext=(4, 0),
+            fontsize=8,
+            color="C3",
+        )
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), title="setting")
     ax.set_xscale("log")
-    ax.set_xlim(min(complexity) / 1.3, max(complexity) * 1.3)
+    ax.set_xlim(min(key_gigabytes) / 1.3, max([*key_gigabytes, memory_gigabytes or 0]) * 1.3)
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 20, not 2 x 10^1
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
     ax.set(
-        xlabel="circuit complexity (compiler's estimate, log scale)",
+        xlabel="evaluation keys (GB before compression, log scale)",
         ylabel="top-1 agreement with float (%)",
-        title="accuracy bought with cost: each point a setting of the layer",
+        title="accuracy is bought with evaluation keys: each point a setting of the layer",
     )
     ax.grid(True, alpha=0.3)
     return fig

@@ -1,16 +1,23 @@
 """course_lib.exercises.nb02, notebook 02's exercises: the reference solutions pass their checks, and wrong answers
 are rejected."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from conftest import assert_worked_solutions
 
 from course_lib.attention import HeadWeights, QuantizedHead
+from course_lib.config import PUBLISHED
 from course_lib.dual_array import DualArray
 from course_lib.evaluation import Agreement
 from course_lib.exercises import Feedback
 from course_lib.exercises import nb02 as ex
+from course_lib.fast_attention import build_head
 from course_lib.reporting import step_rows
+
+#: The prompt of notebook 02's section 2, on which exercise 3's head is read.
+NOTEBOOK_PROMPT = "Cryptography is the practice of hiding a message from everyone but its reader."
 
 # ---------------------------------------------------------------------- exercise 1: lookups of the head
 
@@ -184,6 +191,18 @@ def steps():
     return head.steps(np.random.default_rng(2).normal(size=(8, 16)))
 
 
+@pytest.fixture(scope="module")
+def small_swap():
+    """A stand-in for the notebook's calibrated swap (what exercise 3's check reads of it) and an input x."""
+    rng = np.random.default_rng(3)
+    inputs = [rng.normal(size=(t, 16)) for t in (3, 7)]
+    config = PUBLISHED.replace(n_bits=3)
+    head = build_head(HeadWeights.random(16, 4, seed=0), config)
+    head.calibrate(inputs)
+    swap = SimpleNamespace(is_calibrated=True, head=head, config=config, calibration_inputs=inputs)
+    return swap, 2.0 * rng.normal(size=(8, 16))  # twice the calibration's spread: some values saturate
+
+
 def test_ex3_solution(steps):
     rows = step_rows(steps)
     expected = ex.solution_largest_error_step(steps)
@@ -206,13 +225,63 @@ def test_ex3_wrong_answers_are_rejected_with_a_hint(steps):
         assert feedback.status == "wrong" and "exactly as in the table" in feedback.message
 
 
+def test_ex3_steps_at_bits_builds_a_new_head_and_leaves_the_swap_alone(small_swap):
+    swap, x = small_swap
+    before = swap.head.quantizers["output"].params
+    steps = dict(ex.steps_at_bits(swap, x, 6))
+    assert steps["q"].params.n_bits == 6 and steps["output"].params.n_bits == 6
+    assert swap.head.quantizers["output"].params == before and swap.config.n_bits == 3
+    with pytest.raises(RuntimeError, match="calibrate the swap first"):
+        ex.steps_at_bits(SimpleNamespace(is_calibrated=False), x)
+
+
+def test_ex3_check_judges_the_head_at_8_bits_and_hints_at_the_4_bit_answer(small_swap, capsys):
+    swap, x = small_swap
+    at_8 = ex.steps_at_bits(swap, x)
+    expected = ex.solution_largest_error_step_at_bits(swap, x)
+    assert expected == ex.solution_largest_error_step(at_8)
+    ex.check_largest_error_step(expected, swap, x)
+    assert capsys.readouterr().out.startswith("Correct!")
+    previous = swap.head.steps(x)
+    worst_before = ex.solution_largest_error_step(previous)
+    if worst_before != expected:
+        feedback = ex.feedback_largest_error_step(worst_before, at_8, previous=previous)
+        assert feedback.status == "wrong" and "section 3's table" in feedback.message
+
+
+def test_ex3_correct_answer_names_clipping_when_the_values_leave_the_range():
+    head = random_head(n_embd=16, head_dim=4, n_bits=6)
+    steps = head.steps(5.0 * np.random.default_rng(4).normal(size=(8, 16)))  # far outside the calibration
+    clipped = [name for name, value in steps if ex._outside_range(value) is not None]
+    assert clipped
+    worst = ex.solution_largest_error_step(steps)
+    message = ex.feedback_largest_error_step(worst, steps).message
+    assert ("clipping, not rounding" in message) == (worst in clipped)
+
+
+def test_ex3_on_the_bundled_model_the_worst_step_at_8_bits_is_the_clipped_output(bundled):
+    """What the worked solution says of the bundled model: exp is the worst at 4 bits, the output at 8, clipped."""
+    from course_lib.data import load_calibration_prompts
+    from course_lib.gpt2 import SwappedHead
+
+    model, tokenizer = bundled
+    with SwappedHead(model, 0, 0, n_bits=4) as swap:
+        swap.calibrate(tokenizer, load_calibration_prompts())
+        (x,) = swap.attention_inputs(tokenizer, [NOTEBOOK_PROMPT])
+        assert ex.solution_largest_error_step(swap.head.steps(x)) == "exp"
+        answer = ex.solution_largest_error_step_at_bits(swap, x)
+        assert answer == "output"
+        feedback = ex.feedback_largest_error_step(answer, ex.steps_at_bits(swap, x))
+        assert feedback.correct and "clipping, not rounding" in feedback.message
+
+
 # ---------------------------------------------------------------------- what the notebook prints
 
 
-def test_checks_print_not_attempted_then_correct(steps, capsys):
+def test_checks_print_not_attempted_then_correct(small_swap, capsys):
     for check, args, solution in [
         (ex.check_lookup_count, (), ex.solution_lookup_count),
-        (ex.check_largest_error_step, (steps,), ex.solution_largest_error_step(steps)),
+        (ex.check_largest_error_step, small_swap, ex.solution_largest_error_step_at_bits(*small_swap)),
     ]:
         check(None, *args)
         assert capsys.readouterr().out.startswith("Not attempted yet: ")
@@ -236,10 +305,10 @@ def test_none_is_not_attempted_never_wrong(feedback_fn, args):
 
 
 # ---------------------------------------------------------------------- the worked solutions, on request
-def test_each_worked_solution_shows_its_reasoning_code_and_passing_check(steps, capsys, monkeypatch):
+def test_each_worked_solution_shows_its_reasoning_code_and_passing_check(small_swap, capsys, monkeypatch):
     swept = {}
     monkeypatch.setattr(ex, "sweep_other_head", lambda *args: swept.setdefault("results", OTHER_HEAD))
     data_2 = (RESULTS, "model", "tokenizer", "passages", "prompts", "reference")
-    assert_worked_solutions(ex, {1: (5, 8, ex.solution_lookup_count(5, 8)), 2: data_2, 3: (steps,)}, capsys)
+    assert_worked_solutions(ex, {1: (5, 8, ex.solution_lookup_count(5, 8)), 2: data_2, 3: small_swap}, capsys)
     ex.solution(1)  # the comparison with the prompt's count is optional
     assert "Correct!" in capsys.readouterr().out

@@ -9,12 +9,17 @@ from conftest import assert_worked_solutions
 from course_lib.attention import HeadWeights
 from course_lib.exercises.nb03 import solution_fast_pbs_count
 from course_lib.exercises.nb04 import (
-    feedback_cluster_seconds,
+    EX3_CORES,
+    EX3_HEAD_DIM,
+    EX3_HEADS,
+    EX3_TOKENS,
     feedback_full_attention_pbs,
     feedback_step_pbs,
+    feedback_step_seconds,
     solution_cluster_seconds,
     solution_full_attention_pbs,
     solution_step_pbs,
+    solution_step_seconds,
 )
 from course_lib.fast_attention import FastHead
 from course_lib.fhe import DEFAULT_PROJECTION, HeadCircuit
@@ -89,14 +94,43 @@ def test_step_feedback_for_usual_slips():
         feedback_step_pbs(solution_step_pbs, {(2, 1, 4): 1})
 
 
-def test_cluster_seconds_and_its_hints():
-    expected = solution_cluster_seconds(10_000, 0.01, 200)
-    assert expected == pytest.approx(1.0)
-    assert feedback_cluster_seconds(expected, 10_000, 0.01, 200).correct
-    assert "2 cores" in feedback_cluster_seconds(100.0, 10_000, 0.01, 200).message
-    assert "twice" in feedback_cluster_seconds(0.5, 10_000, 0.01, 200).message
-    assert feedback_cluster_seconds(None, 10_000, 0.01, 200).status == "not attempted"
-    assert "number" in feedback_cluster_seconds("1", 10_000, 0.01, 200).message
+def test_cluster_seconds_shares_the_pbs_among_the_cores():
+    assert solution_cluster_seconds(10_000, 0.01, 200) == pytest.approx(1.0)
+    assert solution_cluster_seconds(10_000, 0.01, 2) == pytest.approx(100.0)
+
+
+def test_step_seconds_is_exercise_2s_step_at_gpt2s_shape():
+    assert (EX3_TOKENS, EX3_HEADS, EX3_HEAD_DIM, EX3_CORES) == (8, 12, 64, 196)
+    assert solution_step_pbs(8, 12, 64) == 18_048  # the count the worked solution spells out
+    assert solution_step_seconds(0.03) == pytest.approx(18_048 * 0.03 * 2 / 196)
+    # not section 6's figure: a step is about a quarter of the full pass of the token mixing
+    assert solution_full_attention_pbs(8, 12, 64) > 4 * solution_step_pbs(8, 12, 64)
+
+
+@pytest.mark.parametrize(
+    "answer_of, hint",
+    [
+        (lambda e: e * EX3_CORES / 2, "2 cores"),
+        (lambda e: e / 2, "twice"),
+        (lambda e: e / EX3_HEADS, "one head"),
+        (lambda e: solution_cluster_seconds(solution_full_attention_pbs(8, 12, 64), 0.03, EX3_CORES), "full pass"),
+        (lambda e: solution_cluster_seconds(solution_step_pbs(7, 12, 64), 0.03, EX3_CORES), "that is step 7"),
+        (lambda e: solution_cluster_seconds(solution_step_pbs(9, 12, 64), 0.03, EX3_CORES), "that is step 9"),
+        (lambda e: 3 * e, "is not it"),
+    ],
+)
+def test_step_seconds_hints(answer_of, hint):
+    feedback = feedback_step_seconds(answer_of(solution_step_seconds(0.03)), 0.03)
+    assert feedback.status == "wrong" and hint in feedback.message
+
+
+def test_step_seconds_accepts_within_one_percent_and_refuses_non_numbers():
+    expected = solution_step_seconds(0.03)
+    assert feedback_step_seconds(expected * 1.009, 0.03).correct
+    assert feedback_step_seconds(np.float32(expected), 0.03).correct
+    assert feedback_step_seconds(None, 0.03).status == "not attempted"
+    for answer in ("5", True):
+        assert "number" in feedback_step_seconds(answer, 0.03).message
 
 
 def test_each_worked_solution_shows_its_reasoning_code_and_passing_check(capsys):

@@ -52,7 +52,10 @@ CITED: dict[str, dict[str, str]] = {
     "04_full_mha.ipynb": {
         "13.5 GB": "benchmarks/results/notebook_memory.json: 04_full_mha.ipynb, peak_mb 13,525",
         "2.5 GB": "benchmarks/results/notebook_memory.json: 04_full_mha.ipynb, the kernel's 2,482 MB at the peak",
+        "11.0 GB": "benchmarks/results/notebook_memory.json: 04_full_mha.ipynb, the server's 11,044 MB at the peak",
         "2023": "the blog post's date, August 2023 (https://huggingface.co/blog/encrypted-llm)",
+        "196": "the published machine's cores, the blog post's \"run on a 196-core machine\" "
+        "(https://huggingface.co/blog/encrypted-llm)",
         "770": "benchmarks/results/attention_fhe.json: layer[0].pbs_per_step, step 1",
         "1,440": "benchmarks/results/attention_fhe.json: layer[0].pbs_per_step, step 2",
         "1,712": "benchmarks/results/attention_fhe.json: layer[0].pbs_per_step, step 3",

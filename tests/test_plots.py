@@ -52,6 +52,16 @@ def test_plot_topk_agreement_lines():
         plots.plot_topk_agreement([])
 
 
+def test_plot_topk_agreement_draws_only_the_chosen_k():
+    (ax,) = plots.plot_topk_agreement(agreements(), compare=agreements(0.1), labels=("a", "b"), ks=(1,)).axes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["top-1 (a)", "top-1 (b)"]
+    removed = Agreement(0, {1: 0.4, 5: 0.6, 10: 0.7}, 100)
+    assert len(plots.plot_topk_agreement(agreements(), baseline=removed, ks=(1, 5)).axes[0].lines) == 4
+    for ks in ((2,), ()):
+        with pytest.raises(ValueError, match="ks must be some of the results' k"):
+            plots.plot_topk_agreement(agreements(), ks=ks)
+
+
 def test_plot_attention_heatmaps():
     rng = np.random.default_rng(0)
     probs = np.tril(rng.random((5, 5)))
@@ -77,16 +87,18 @@ def test_plot_error_budget_sorts_the_losses_largest_on_top():
         plots.plot_error_budget(["x", "q"], [0.9], 1.0)
 
 
-def test_plot_accuracy_against_cost_places_each_setting_and_the_target():
-    fig = plots.plot_accuracy_against_cost(["a", "b"], [0.67, 0.89], [1e12, 2.7e12], [6.4, 19.7], target=0.9)
+def test_plot_accuracy_against_keys_places_each_setting_the_target_and_the_memory():
+    fig = plots.plot_accuracy_against_keys(["a", "b"], [0.67, 0.89], [6.4, 19.7], target=0.9, memory_gigabytes=16)
     (ax,) = fig.axes
-    np.testing.assert_allclose([c.get_offsets()[0] for c in ax.collections], [[1e12, 67], [2.7e12, 89]])
+    np.testing.assert_allclose([c.get_offsets()[0] for c in ax.collections], [[6.4, 67], [19.7, 89]])
     assert ax.get_xscale() == "log"
     assert ax.lines[0].get_ydata()[0] == pytest.approx(90)  # the target's dashed line
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a (6 GB of keys)", "b (20 GB of keys)"]
-    assert "target 90 %" in [t.get_text() for t in ax.texts]
+    assert ax.lines[1].get_xdata()[0] == pytest.approx(16)  # the memory's dotted line
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
+    assert {"target 90 %", "16 GB of memory"} <= {t.get_text() for t in ax.texts}
+    assert len(plots.plot_accuracy_against_keys(["a"], [0.5], [1.0]).axes[0].lines) == 0
     with pytest.raises(ValueError, match="2 labels, 1 top-1"):
-        plots.plot_accuracy_against_cost(["a", "b"], [0.5], [1e12, 2e12], [1, 2])
+        plots.plot_accuracy_against_keys(["a", "b"], [0.5], [1, 2])
 
 
 def test_plot_lookup_errors_draws_one_bar_per_place_a_wrong_lookup_landed():

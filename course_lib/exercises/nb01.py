@@ -77,10 +77,21 @@ def solution_scale_zero_point() -> tuple[float, int]:
 EX2_TOLERANCE = 0.01
 
 
+#: The one outlier among exercise 2's values; the other 1,999 are normal around 0 with standard deviation 0.1.
+EX2_OUTLIER = 3.0
+
+
 def ex2_data() -> np.ndarray:
-    """The data of exercise 2: 2,000 activation-like values (seeded, always the same)."""
+    """The data of exercise 2: 2,000 activation-like values (seeded, always the same).
+
+    1,999 values are drawn from a normal distribution around 0 (standard deviation 0.1); one is ``EX2_OUTLIER``,
+    shuffled in among them. Min/max calibration spans the outlier, so it sets the step, as outlier channels do in
+    real activations.
+    """
     rng = np.random.default_rng(1)
-    return rng.normal(loc=0.5, scale=1.0, size=2000)
+    values = np.concatenate([rng.normal(loc=0.0, scale=0.1, size=1999), [EX2_OUTLIER]])
+    rng.shuffle(values)
+    return values
 
 
 def feedback_smallest_n_bits(answer: object) -> Feedback:
@@ -96,9 +107,15 @@ def feedback_smallest_n_bits(answer: object) -> Feedback:
     expected = smallest_n_bits(data, EX2_TOLERANCE)
     if n_bits < expected:
         (result,) = round_trip_errors(data, [n_bits])
+        hint = ""
+        if n_bits == smallest_n_bits(data[data != EX2_OUTLIER], EX2_TOLERANCE):
+            hint = (
+                " That would be enough for the bulk of the values, but min/max calibration spans every value: "
+                "look at the data's max."
+            )
         return wrong(
             f"with {n_bits} bits the largest round-trip error is {result.max_error:.4f}, above the tolerance "
-            f"{EX2_TOLERANCE}: more bits are needed."
+            f"{EX2_TOLERANCE}: more bits are needed.{hint}"
         )
     if n_bits > expected:
         (fewer,) = round_trip_errors(data, [n_bits - 1])
@@ -224,8 +241,12 @@ $0.5 / s = 1.75$ steps higher, rounded: $z = 2$.""",
         lambda: check_scale_zero_point(solution_scale_zero_point()),
     ),
     2: Solution(
-        r"""**Exercise 2.** Try 2, 3, ... bits until the largest error is small enough. Estimate first: the largest
-error is half a step, $(r_{max} - r_{min}) / (2 (2^n - 1))$, so the data's span tells you roughly where to start.""",
+        r"""**Exercise 2.** The largest error is half a step, $(r_{max} - r_{min}) / (2 (2^n - 1))$, and min/max
+calibration takes $r_{max}$ from the one outlier at 3.0: the span is about $3.0 - (-0.35) = 3.35$, so
+$2^n - 1 \ge 3.35 / (2 \times 0.01) \approx 168$, hence **8 bits** (255 steps; 7 bits give 127). The other 1,999
+values span about 0.73 and alone would need 6 bits: one value costs two bits, on every lookup that reads this tensor.
+Clipping the range at a percentile instead of min/max (notebook 04) buys them back, at the price of a large error on
+the outlier itself. The code checks the estimate by trying 2, 3, ... bits.""",
         solution_smallest_n_bits,
         lambda: check_smallest_n_bits(solution_smallest_n_bits()),
     ),

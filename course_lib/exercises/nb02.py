@@ -3,7 +3,7 @@
 1. :func:`check_lookup_count`: how many table lookups the head makes on ``T`` tokens.
 2. :func:`check_other_head_n_bits`: the fewest bits that keep a given top-1 agreement, for another head
    than the one the notebook swept (:func:`feedback_smallest_n_bits_for_agreement` judges it on a sweep).
-3. :func:`check_largest_error_step`: which step of the head drifts furthest from the floats.
+3. :func:`check_largest_error_step`: which step of the head drifts furthest from the floats at 8 bits.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 from ..attention import HeadWeights, QuantizedHead
 from ..dual_array import DualArray
 from ..evaluation import Agreement, sweep_topk_agreement
+from ..fast_attention import build_head
 from ..reporting import recording_lookups, step_rows, steps_dataframe
 from . import Feedback, Solution, correct, judge_formula, not_attempted, show_solution, wrong
 
@@ -232,10 +233,41 @@ def _check_other_head_and_show(head0_results, model, tokenizer, passages, calibr
 
 
 # ---------------------------------------------------------------------- exercise 3
+#: The bit width exercise 3 asks about (section 3's table is at 4 bits).
+EX3_N_BITS = 8
 
 
-def feedback_largest_error_step(answer: object, steps: Sequence[tuple[str, DualArray]]) -> Feedback:
-    """Judge ``answer``: the name of the step with the largest *relative* error among ``steps``."""
+def steps_at_bits(swap, x: np.ndarray, n_bits: int = EX3_N_BITS) -> list[tuple[str, DualArray]]:
+    """The steps of ``swap``'s head on ``x`` with every activation on ``n_bits`` bits: a new head with the swap's
+    other settings, calibrated on the swap's calibration inputs (the swap itself is not changed)."""
+    if not swap.is_calibrated:
+        raise RuntimeError("calibrate the swap first: swap.calibrate(tokenizer, calibration_prompts)")
+    head = build_head(swap.head.weights, swap.config.replace(n_bits=n_bits))
+    head.calibrate(swap.calibration_inputs)
+    return head.steps(x)
+
+
+def _outside_range(value: DualArray) -> tuple[float, float, float, float] | None:
+    """``(float min, float max, range low, range high)`` when ``value``'s floats leave its quantizer's range by more
+    than half a step (so that saturation, not rounding, explains its error), else ``None``."""
+    if value.params is None or value.float is None:
+        return None
+    low, high = value.params.dequantize(np.array([value.params.qmin, value.params.qmax]))
+    half = value.params.scale / 2
+    lowest, highest = float(np.min(value.float)), float(np.max(value.float))
+    if lowest < low - half or highest > high + half:
+        return lowest, highest, float(low), float(high)
+    return None
+
+
+def feedback_largest_error_step(
+    answer: object, steps: Sequence[tuple[str, DualArray]], previous: Sequence[tuple[str, DualArray]] | None = None
+) -> Feedback:
+    """Judge ``answer``: the name of the step with the largest *relative* error among ``steps``.
+
+    ``previous`` (optional) are the same steps at another width (section 3's table): naming the step that was worst
+    there, when it is not any more, gets a hint saying so.
+    """
     if answer is None:
         return not_attempted('set `answer` to the name of a step, as written in the table, e.g. "q".')
     rows = step_rows(steps)
@@ -247,7 +279,22 @@ def feedback_largest_error_step(answer: object, steps: Sequence[tuple[str, DualA
     largest_absolute = max(rows, key=lambda row: row.max_error).name
     # steps whose relative errors print the same in the table are equally right
     if by_name[answer].relative_error >= by_name[expected].relative_error * (1 - 1e-3):
-        return correct(f"{answer!r}: its largest error is {by_name[answer].relative_error:.1%} of its largest value.")
+        message = f"{answer!r}: its largest error is {by_name[answer].relative_error:.1%} of its largest value."
+        outside = _outside_range(dict(steps)[answer])
+        if outside is not None:
+            lowest, highest, low, high = outside
+            message += (
+                f" Its float values run from {lowest:.3g} to {highest:.3g}, but its quantizer, calibrated on other "
+                f"passages, holds {low:.3g} to {high:.3g}: the values beyond saturate. More bits make the steps "
+                "finer, they do not widen the range: that error is clipping, not rounding."
+            )
+        return correct(message)
+    if previous is not None and answer == solution_largest_error_step(previous):
+        return wrong(
+            f"{answer!r} was the worst step in section 3's table, but here it is off by "
+            f"{by_name[answer].relative_error:.1%} of its largest value: more bits shrank its error. Another step "
+            "did not shrink: find it in the new table."
+        )
     if answer == largest_absolute:
         row = by_name[answer]
         return wrong(
@@ -261,15 +308,23 @@ def feedback_largest_error_step(answer: object, steps: Sequence[tuple[str, DualA
     )
 
 
-def check_largest_error_step(answer: object, steps: Sequence[tuple[str, DualArray]]) -> None:
-    """Print the feedback of exercise 3."""
-    print(feedback_largest_error_step(answer, steps))
+def check_largest_error_step(answer: object, swap, x: np.ndarray) -> None:
+    """Print the feedback of exercise 3: ``answer`` judged on the steps of ``swap``'s head on ``x`` at
+    :data:`EX3_N_BITS` bits (section 3's steps, at the swap's own width, are what a hint compares with)."""
+    print(feedback_largest_error_step(answer, steps_at_bits(swap, x), previous=swap.head.steps(x)))
 
 
 def solution_largest_error_step(steps: Sequence[tuple[str, DualArray]]) -> str:
     """Reference solution of exercise 3: the step whose largest error is the largest share of its values."""
     rows = step_rows(steps)
     return max(rows, key=lambda row: row.relative_error).name
+
+
+def solution_largest_error_step_at_bits(swap, x: np.ndarray) -> str:
+    """Reference solution of exercise 3 as the notebook asks it: the head at :data:`EX3_N_BITS` bits, then the
+    step with the largest relative error."""
+    steps = steps_at_bits(swap, x, EX3_N_BITS)
+    return solution_largest_error_step(steps)
 
 
 # ---------------------------------------------------------------------- the worked solutions
@@ -283,8 +338,9 @@ def _check_lookup_count_and_compare(tokens: int | None = None, head_dim: int | N
         )
 
 
-def _check_largest_error_step_and_show(steps: Sequence[tuple[str, DualArray]]) -> None:
-    check_largest_error_step(solution_largest_error_step(steps), steps)
+def _check_largest_error_step_and_show(swap, x: np.ndarray) -> None:
+    check_largest_error_step(solution_largest_error_step_at_bits(swap, x), swap, x)
+    steps = steps_at_bits(swap, x, EX3_N_BITS)
     print(steps_dataframe(steps).sort_values("relative error", ascending=False, kind="stable").head(4).to_string())
 
 
@@ -308,13 +364,17 @@ the bits above the answer stay above the target.)""",
         _check_other_head_and_show,
     ),
     3: Solution(
-        r"""**Exercise 3.** An absolute error means little on its own: the row sums reach several units, the
-probabilities stay below 1. The fair comparison is the error relative to the size of the step's values, the table's
-last column. On the bundled model the worst step is the exponential: its input, the shifted scores, is quantized in
-coarse steps, so two scores less than a step apart can become equal, and $e^{0} = 1$ stands where the float head had
-a clearly smaller value. The exponential turns a small absolute error on its input into a large relative error on
-its output; the remedy is more bits for its input, the scores, not for its output.""",
-        solution_largest_error_step,
+        r"""**Exercise 3.** Build the head at 8 bits and compare errors relative to the size of each step's values
+(the table's last column: an absolute error means little when the row sums reach several units and the
+probabilities stay below 1). At 4 bits the exponential was the worst step: its input, the shifted scores, is
+quantized in coarse steps, and $e^s$ turns a small absolute error on $s$ into a large relative one. At 8 bits that
+error has shrunk several times; on the bundled model the worst step is now the head's **output**, whose error hardly
+moved from 4 bits. Its float values on this prompt reach beyond the range its quantizer learnt from the 64
+calibration passages, so the largest values saturate at the top of the range: more bits make the steps finer but do
+not widen the range. That error is **clipping**, not rounding; the remedies are calibration data closer to what the
+model will read, or a range with a margin, and notebook 04 weighs the opposite trade (clipping rare outliers on
+purpose to get finer steps for the rest).""",
+        solution_largest_error_step_at_bits,
         _check_largest_error_step_and_show,
     ),
 }
@@ -324,5 +384,5 @@ def solution(number: int, *data: object) -> None:
     """Show the worked solution of exercise ``number`` of notebook 02, and its check passing: exercise 1 takes
     optionally ``(T, head_dim, measured)`` to compare with the prompt's count, exercise 2 section 6's sweep
     ``results`` then what sweeping another head takes ``(model, tokenizer, passages, calibration_prompts,
-    reference)``, exercise 3 the head's ``steps``."""
+    reference)``, exercise 3 the notebook's ``swap`` and the prompt's ``x``."""
     show_solution(SOLUTIONS, number, *data)
