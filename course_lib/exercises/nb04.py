@@ -167,7 +167,8 @@ def feedback_step_seconds(answer: object, seconds_per_pbs: float) -> Feedback:
         )
         return correct(
             f"about {expected:,.1f} s per generated token, where recomputing all {EX3_TOKENS} tokens' token mixing "
-            f"would take {full:,.1f} s: the cache turns a quadratic pass into a linear step, projections included."
+            f"would take {full:,.1f} s at the same time per PBS: the cache turns a quadratic pass into a linear "
+            "step, projections included."
         )
     slips = [
         (expected * EX3_CORES / 2, "that is the time on 2 cores; share the PBS among all the cores."),
