@@ -24,7 +24,7 @@ EX1_RMIN, EX1_RMAX, EX1_N_BITS = -0.5, 1.5, 3
 def feedback_scale_zero_point(answer: object) -> Feedback:
     """Judge ``answer = (scale, zero_point)`` for the range ``[EX1_RMIN, EX1_RMAX]`` on ``EX1_N_BITS`` unsigned bits."""
     if answer is None:
-        return not_attempted("set `answer` to a pair (scale, zero_point), e.g. (0.1, 5).")
+        return not_attempted("set `answer_1` to a pair (scale, zero_point), e.g. (0.1, 5).")
     if not (isinstance(answer, tuple | list) and len(answer) == 2 and all(_is_real(v) for v in answer)):
         return wrong(f"give a pair of two numbers (scale, zero_point), e.g. (0.1, 5); got {answer!r}.")
     scale, zero_point = float(answer[0]), float(answer[1])
@@ -97,7 +97,7 @@ def ex2_data() -> np.ndarray:
 def feedback_smallest_n_bits(answer: object) -> Feedback:
     """Judge ``answer``: the fewest bits for which ``ex2_data()`` round-trips within ``EX2_TOLERANCE``."""
     if answer is None:
-        return not_attempted("set `answer` to a number of bits (an integer from 2 to 16).")
+        return not_attempted("set `answer_2` to a number of bits (an integer from 2 to 16).")
     if isinstance(answer, bool) or not isinstance(answer, int | np.integer):
         return wrong(f"give the number of bits as an integer, got {answer!r}.")
     if not 2 <= int(answer) <= 16:

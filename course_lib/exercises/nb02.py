@@ -269,7 +269,7 @@ def feedback_largest_error_step(
     there, when it is not any more, gets a hint saying so.
     """
     if answer is None:
-        return not_attempted('set `answer` to the name of a step, as written in the table, e.g. "q".')
+        return not_attempted('set `answer_3` to the name of a step, as written in the table, e.g. "q".')
     rows = step_rows(steps)
     names = [row.name for row in rows]
     if not isinstance(answer, str) or answer not in names:
