@@ -339,8 +339,8 @@ def _check_lookup_count_and_compare(tokens: int | None = None, head_dim: int | N
 
 
 def _check_largest_error_step_and_show(swap, x: np.ndarray) -> None:
-    check_largest_error_step(solution_largest_error_step_at_bits(swap, x), swap, x)
-    steps = steps_at_bits(swap, x, EX3_N_BITS)
+    steps = steps_at_bits(swap, x, EX3_N_BITS)  # built once: the reference's answer, its check and the table
+    print(feedback_largest_error_step(solution_largest_error_step(steps), steps, previous=swap.head.steps(x)))
     print(steps_dataframe(steps).sort_values("relative error", ascending=False, kind="stable").head(4).to_string())
 
 
