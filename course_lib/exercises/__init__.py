@@ -58,6 +58,11 @@ def correct(comment: str = "") -> Feedback:
     return Feedback("correct", "Correct!" + (f" {comment}" if comment else ""))
 
 
+def within_one_percent(answer: float, value: float) -> bool:
+    """Whether a numeric ``answer`` lies within 1 % of ``value``: how the checks accept estimates and spot slips."""
+    return abs(answer - value) <= 0.01 * abs(value)
+
+
 def judge_formula(
     answer: object,
     call: str,

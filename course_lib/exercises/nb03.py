@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from ..fhe import CircuitSummary
-from . import Feedback, Solution, correct, judge_formula, not_attempted, show_solution, wrong
+from . import Feedback, Solution, correct, judge_formula, not_attempted, show_solution, within_one_percent, wrong
 
 # ---------------------------------------------------------------------- exercise 1
 #: (tokens T, head dimension d) pairs on which an answer to exercise 1 is checked.
@@ -87,14 +87,14 @@ def feedback_ciphertext_bytes(answer: object, summary: CircuitSummary, head_dim:
     if isinstance(answer, bool) or not isinstance(answer, int | float | np.integer | np.floating):
         return wrong(f"give a number of bytes, got {type(answer).__name__}.")
     expected = solution_ciphertext_bytes(summary, head_dim)
-    if abs(answer - expected) <= 0.01 * expected:
+    if within_one_percent(answer, expected):
         return correct(
             f"{expected / 1e3:,.1f} kB for a {summary.n_bits}-bit number: an LWE ciphertext is a vector of "
             "64-bit integers, thousands of them, whatever the few bits it hides."
         )
-    if abs(answer - expected * 3) <= 0.01 * expected * 3:
+    if within_one_percent(answer, expected * 3):
         return wrong("the circuit has three inputs, q, k and v: divide by all their integers.")
-    if abs(answer - summary.input_bytes) <= 0.01 * summary.input_bytes:
+    if within_one_percent(answer, summary.input_bytes):
         return wrong("that is the whole input; divide by the number of integers in it (3 arrays of length x head_dim).")
     return wrong(f"{answer:,.0f} bytes is not it: start from `summary.input_bytes` and count the input integers.")
 
@@ -125,22 +125,19 @@ def feedback_any_wrong_run(answer: object, global_p_error: float, runs: int) -> 
         return wrong(f"{answer:g} is not a probability: it must lie between 0 and 1.")
     expected = solution_any_wrong_run(global_p_error, runs)
 
-    def near(value: float) -> bool:
-        return abs(answer - value) <= 0.01 * value
-
-    if near(expected):
+    if within_one_percent(answer, expected):
         union = runs * global_p_error
         return correct(
             f"{expected:.3g}: about one workshop in {1 / expected:,.0f} sees a wrong value somewhere. While "
             f"runs x p is small, 1 - (1 - p)^runs is close to runs x p ({union:.3g}), the union bound; p is itself a "
             "bound, so this is the most it can be."
         )
-    if near(global_p_error):
+    if within_one_percent(answer, global_p_error):
         return wrong("that is one run; the workshop makes many, each with its own chance to go wrong.")
     for part, count in (("one learner's", EX3_TOKENS), ("one token's", EX3_LEARNERS)):
-        if count != runs and near(solution_any_wrong_run(global_p_error, count)):
+        if count != runs and within_one_percent(answer, solution_any_wrong_run(global_p_error, count)):
             return wrong(f"that counts {part} runs only: count every run of the workshop.")
-    if near(1 - global_p_error) or near((1 - global_p_error) ** runs):
+    if within_one_percent(answer, 1 - global_p_error) or within_one_percent(answer, (1 - global_p_error) ** runs):
         return wrong("that is the chance that everything went right; the question asks for the opposite.")
     return wrong(
         f"{answer:.3g} is not it: each run goes right with probability 1 - p, independently; what is the chance "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Feedback, Solution, correct, judge_formula, not_attempted, show_solution, wrong
+from . import Feedback, Solution, correct, judge_formula, not_attempted, show_solution, within_one_percent, wrong
 from .nb03 import solution_fast_pbs_count
 
 # ---------------------------------------------------------------------- exercise 1
@@ -161,10 +161,7 @@ def feedback_step_seconds(answer: object, seconds_per_pbs: float) -> Feedback:
         solution_full_attention_pbs(EX3_TOKENS, EX3_HEADS, EX3_HEAD_DIM), seconds_per_pbs, EX3_CORES
     )
 
-    def near(value: float) -> bool:
-        return abs(answer - value) <= 0.01 * abs(value)
-
-    if near(expected):
+    if within_one_percent(answer, expected):
         return correct(
             f"about {expected:,.1f} s per generated token, where recomputing all {EX3_TOKENS} tokens' token mixing "
             f"would take {full:,.1f} s at the same time per PBS: the cache turns a quadratic pass into a linear "
@@ -188,7 +185,7 @@ def feedback_step_seconds(answer: object, seconds_per_pbs: float) -> Feedback:
             )
         )
     for value, hint in slips:
-        if near(value):
+        if within_one_percent(answer, value):
             return wrong(hint)
     return wrong(
         f"{answer:,.1f} s is not it: count the step's PBS (exercise 2) at GPT-2's shape, multiply by the time of "
